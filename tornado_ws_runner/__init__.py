@@ -1,0 +1,35 @@
+"""tornado-ws-runner: Configurapi-style WebSocket APIs served by a Tornado daemon."""
+
+from ._version import __version__
+from .engine import (
+    COMPLETE,
+    CONTINUE,
+    ErrorResponse,
+    Event,
+    Identity,
+    JsonResponse,
+    ListResponse,
+    Request,
+    Response,
+    Result,
+    Service,
+    StreamResponse,
+)
+from .errors import ConfigError
+
+__all__ = [
+    "COMPLETE",
+    "CONTINUE",
+    "ConfigError",
+    "ErrorResponse",
+    "Event",
+    "Identity",
+    "JsonResponse",
+    "ListResponse",
+    "Request",
+    "Response",
+    "Result",
+    "Service",
+    "StreamResponse",
+    "__version__",
+]

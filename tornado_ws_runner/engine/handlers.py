@@ -1,0 +1,106 @@
+"""Phase two's first half: find every handler the config can name.
+
+A handler is any function whose name ends in ``handler`` (any case) in a module listed
+under ``import:`` or in a ``.py`` file of the ``handlers/`` folder beside config.yaml.
+The standard handlers are always there; the Node package names in ``import:`` map to
+them so a Node config.yaml loads unchanged. Later sources win over earlier ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import itertools
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..errors import ConfigIssue
+from .config import ApiConfig, ImportSpec
+from .stdhandlers import standard_handlers
+
+__all__ = ["NODE_PACKAGES", "discover_handlers", "handlers_of"]
+
+#: Node handler packages whose standard handlers this package provides itself.
+NODE_PACKAGES = frozenset(
+    {"configurapi-handler-http", "configurapi-handler-json", "configurapi-handler-ws"}
+)
+_generation = itertools.count()
+
+Handler = Callable[..., Any]
+
+
+def handlers_of(module: ModuleType) -> dict[str, Handler]:
+    """The module's public functions whose names end in 'handler'."""
+    names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+    found: dict[str, Handler] = {}
+    for name in names:
+        obj = getattr(module, name, None)
+        if name.lower().endswith("handler") and (inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+            found[name] = obj
+    return found
+
+
+def _load_file(path: Path, generation: int) -> ModuleType:
+    """Executes a handler file as a fresh module, so a reload sees its new code."""
+    target = path / "__init__.py" if path.is_dir() else path
+    if target.suffix != ".py" and not target.exists():
+        target = target.with_name(target.name + ".py")
+    name = f"tornado_ws_runner_handlers_{generation}_{path.stem.replace('-', '_')}"
+    spec = importlib.util.spec_from_file_location(name, target)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {target}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _import(spec: ImportSpec, generation: int, reload: bool) -> ModuleType:
+    if spec.is_path:
+        return _load_file(Path(spec.target), generation)
+    module = importlib.import_module(spec.target)
+    return importlib.reload(module) if reload else module
+
+
+def _failure(exc: BaseException) -> str:
+    """The one line that says why a module failed: the exception and its place."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def discover_handlers(
+    config: ApiConfig, reload: bool = False
+) -> tuple[dict[str, Handler], list[ConfigIssue]]:
+    """Every handler the config can use, and the issues met while importing modules."""
+    generation = next(_generation)
+    handlers: dict[str, Handler] = dict(standard_handlers(config.directory))
+    issues: list[ConfigIssue] = []
+    for spec in config.imports:
+        if spec.target in NODE_PACKAGES:
+            continue
+        try:
+            handlers.update(handlers_of(_import(spec, generation, reload)))
+        except Exception as exc:
+            issues.append(
+                ConfigIssue(spec.key, f"cannot import '{spec.target}': {_failure(exc)}", spec.line)
+            )
+    folder = config.directory / "handlers"
+    if folder.is_dir():
+        for file in sorted(folder.glob("*.py")):
+            if file.name.startswith("_"):
+                continue
+            try:
+                handlers.update(handlers_of(_load_file(file, generation)))
+            except Exception as exc:
+                issues.append(ConfigIssue(f"handlers/{file.name}", f"cannot load: {_failure(exc)}"))
+    return handlers, issues

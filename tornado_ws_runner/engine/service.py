@@ -1,0 +1,316 @@
+"""The Configurapi pipeline: lifecycle hooks, routing, error mapping, timing logs.
+
+``Service.load`` runs both phases of loading (validate, then resolve every handler
+once), so processing an event does no name lookups beyond one dict get per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import enum
+import inspect
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import BadInput, ConfigError, ConfigIssue
+from ..log import TRACE, engine_log
+from .config import LOG_LEVELS, ApiConfig, EventSpec, load_api_config, suggest
+from .event import Event, Request
+from .handlers import discover_handlers
+from .responses import ErrorResponse, Response
+
+__all__ = ["COMPLETE", "CONTINUE", "LIFECYCLE_EVENTS", "Result", "Service"]
+
+
+class Result(enum.Enum):
+    """What a handler may return: COMPLETE ends its event's chain."""
+
+    CONTINUE = "continue"
+    COMPLETE = "complete"
+
+
+COMPLETE = Result.COMPLETE
+CONTINUE = Result.CONTINUE
+
+#: Events the pipeline runs by itself; a client cannot route to them by name.
+LIFECYCLE_EVENTS = frozenset(
+    {
+        "on_start",
+        "on_first_request",
+        "on_before_request",
+        "on_success",
+        "on_error",
+        "on_after_request",
+        "catchall",
+    }
+)
+_RANK = {level: rank for rank, level in enumerate(LOG_LEVELS)}
+_BAD_INPUT = (json.JSONDecodeError, SyntaxError, BadInput)
+
+
+class Policy:
+    """One resolved step of a chain: the handler and its configured parameters."""
+
+    __slots__ = ("copy_parameters", "handler", "name", "parameters", "trace")
+
+    def __init__(
+        self, name: str, handler: Callable[..., Any], parameters: tuple[Any, ...], trace: bool
+    ):
+        self.name = name
+        self.handler = handler
+        self.parameters = parameters
+        # Handlers may change a dict or list they are given; copies keep events apart.
+        self.copy_parameters = any(isinstance(p, (dict, list)) for p in parameters)
+        self.trace = trace
+
+    async def run(self, event: Event) -> Any:
+        parameters = copy.deepcopy(self.parameters) if self.copy_parameters else self.parameters
+        result = self.handler(event, *parameters)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+class Route:
+    __slots__ = ("log_errors", "name", "policies", "trace")
+
+    def __init__(self, spec: EventSpec, policies: list[Policy]):
+        self.name = spec.name
+        self.policies = tuple(policies)
+        self.trace = _RANK[spec.log_level] >= _RANK["trace"]
+        self.log_errors = _RANK[spec.log_level] >= _RANK["error"]
+
+    async def run(self, event: Event) -> None:
+        tracing = engine_log.isEnabledFor(TRACE)
+        for policy in self.policies:
+            started = time.perf_counter() if tracing and policy.trace else 0.0
+            try:
+                if await policy.run(event) is COMPLETE:
+                    break
+            finally:
+                if started:
+                    engine_log.log(
+                        TRACE,
+                        "%s - %s - Executed %s policy [%.3fms]",
+                        event.id,
+                        event.correlation_id,
+                        policy.name,
+                        (time.perf_counter() - started) * 1e3,
+                    )
+
+
+def build_routes(config: ApiConfig, reload: bool = False) -> dict[str, Route]:
+    """Phase two: resolve every policy's handler, reporting all missing ones at once."""
+    handlers, issues = discover_handlers(config, reload)
+    routes: dict[str, Route] = {}
+    for spec in config.events:
+        policies = []
+        for policy in spec.policies:
+            handler = handlers.get(policy.handler)
+            if handler is None:
+                issues.append(
+                    ConfigIssue(
+                        policy.key,
+                        f"no handler named '{policy.handler}'{suggest(policy.handler, handlers)}",
+                        policy.line,
+                    )
+                )
+                continue
+            level = policy.log_level or spec.log_level
+            policies.append(
+                Policy(policy.handler, handler, policy.parameters, _RANK[level] >= _RANK["trace"])
+            )
+        routes[spec.name] = Route(spec, policies)
+    if issues:
+        raise ConfigError(str(config.path), issues)
+    return routes
+
+
+class Service:
+    """Runs events through the configured chains, as Configurapi's Service.process does.
+
+    ``handler_timeout`` (seconds, None for none) bounds each event's main chain; past
+    it the event answers 504. It cannot interrupt a handler that blocks the event loop.
+    ``error_details`` puts tracebacks into error bodies; off by default, because they
+    reveal code and file paths to clients.
+    """
+
+    def __init__(
+        self,
+        config: ApiConfig,
+        routes: dict[str, Route],
+        *,
+        error_details: bool = False,
+        handler_timeout: float | None = None,
+    ) -> None:
+        self.config = config
+        self.routes = routes
+        self.error_details = error_details
+        self.handler_timeout = handler_timeout
+        self._started: asyncio.Future[None] | None = None
+        self._ready = "on_first_request" not in routes
+        self._first_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        environment: str | None = None,
+        reload: bool = False,
+        error_details: bool = False,
+        handler_timeout: float | None = None,
+    ) -> Service:
+        config = load_api_config(path, environment)
+        return cls(
+            config,
+            build_routes(config, reload),
+            error_details=error_details,
+            handler_timeout=handler_timeout,
+        )
+
+    def has_event(self, name: str) -> bool:
+        return name in self.routes
+
+    async def start(self) -> None:
+        """Runs ``on_start`` once; its failure propagates, so a daemon refuses to start."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._on_start())
+        await self._started
+
+    async def _on_start(self) -> None:
+        route = self.routes.get("on_start")
+        if route is not None:
+            await route.run(Event(Request("on_start")))
+
+    async def process(self, event: Event) -> Response:
+        """Runs the whole pipeline for ``event`` and returns its final response."""
+        if self._started is None or not self._started.done():
+            await self.start()
+        if not self._ready and not await self._first_request(event):
+            return event.response
+        started = time.perf_counter()
+        try:
+            if self.handler_timeout is None:
+                await self._main(event)
+            else:
+                await self._main_with_timeout(event, self.handler_timeout)
+        except Exception as error:
+            await self._handle_error(event, error)
+        after = self.routes.get("on_after_request")
+        if after is not None:
+            try:
+                await after.run(event)
+            except Exception as error:
+                await self._handle_error(event, error)
+        route = self.routes.get(event.name)
+        if route is not None and route.trace and engine_log.isEnabledFor(TRACE):
+            engine_log.log(
+                TRACE,
+                "%s - %s - Handled %s [%.3fms]",
+                event.id,
+                event.correlation_id,
+                event.name,
+                (time.perf_counter() - started) * 1e3,
+            )
+        return event.response
+
+    async def _first_request(self, event: Event) -> bool:
+        """Runs ``on_first_request`` until it succeeds once; False when it failed now."""
+        if self._first_lock is None:
+            self._first_lock = asyncio.Lock()
+        async with self._first_lock:
+            if self._ready:
+                return True
+            try:
+                await self.routes["on_first_request"].run(event)
+            except Exception as error:
+                await self._handle_error(event, error)
+                return False
+            self._ready = True
+            return True
+
+    async def _main_with_timeout(self, event: Event, timeout: float) -> None:
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                await self._main(event)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise ErrorResponse(
+                "Gateway Timeout.",
+                504,
+                f"The handlers of '{event.name}' ran longer than {timeout:g}s.",
+            ) from None
+
+    async def _main(self, event: Event) -> None:
+        routes = self.routes
+        before = routes.get("on_before_request")
+        if before is not None:
+            await before.run(event)
+        route = routes.get(event.name) or routes.get(event.method) or routes.get("catchall")
+        if route is None:
+            raise ErrorResponse(
+                "Not Implemented.", 501, f"Route for '{event.name}' event could not be found."
+            )
+        await route.run(event)
+        if isinstance(event.response, ErrorResponse):
+            raise event.response
+        success = routes.get("on_success")
+        if success is not None:
+            await success.run(event)
+
+    def error_response(self, error: Exception) -> ErrorResponse:
+        """Maps an exception to the response a client gets.
+
+        An ErrorResponse stands as it is; a JSON or syntax error is 400; an exception
+        with a ``status_code`` (or ``statusCode``) keeps it and its message; anything
+        else is 500 ``Internal Server Error``, its message only with error details on,
+        since it may name files or data the client should not see.
+        """
+        if isinstance(error, ErrorResponse):
+            response = error
+        elif isinstance(error, _BAD_INPUT):
+            response = ErrorResponse("Bad Request.", 400, str(error))
+        else:
+            status = getattr(error, "status_code", None) or getattr(error, "statusCode", None)
+            if isinstance(status, int) and 400 <= status <= 599:
+                response = ErrorResponse(error, status)
+            elif self.error_details:
+                response = ErrorResponse(error, 500)
+            else:
+                response = ErrorResponse("Internal Server Error", 500)
+                response.error = error
+        if self.error_details and response.error is not None and not response.details:
+            response.with_details("".join(traceback.format_exception(response.error)))
+        return response
+
+    async def _handle_error(self, event: Event, error: Exception) -> None:
+        response = self.error_response(error)
+        event.response = response
+        route = self.routes.get(event.name)
+        if route is None or route.log_errors:
+            unexpected = response.status_code >= 500 and not isinstance(error, ErrorResponse)
+            engine_log.log(
+                40 if unexpected else 20,
+                "%s - %s - Failed to handle %s: %s",
+                event.id,
+                event.correlation_id,
+                event.name or "(unnamed)",
+                error if not isinstance(error, ErrorResponse) else response,
+                exc_info=error if unexpected else None,
+            )
+        on_error = self.routes.get("on_error")
+        if on_error is not None:
+            try:
+                await on_error.run(event)
+            except Exception as reason:
+                engine_log.error(
+                    "%s - %s - on_error failed: %r", event.id, event.correlation_id, reason
+                )
