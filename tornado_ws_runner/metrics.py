@@ -1,0 +1,96 @@
+"""Prometheus metrics, one registry per runner (so tests can run several runners).
+
+Label values stay bounded: events are labelled by configured name (anything else is
+``(unrouted)``), statuses by code, postbacks and rejections by a fixed outcome word;
+never a connection id or a raw client-chosen name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNROUTED = "(unrouted)"
+
+
+class _RegistryCounters(Collector):
+    """Counters the connection registry keeps itself, read at scrape time."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        stalls, slow = self.read()
+        yield CounterMetricFamily(
+            "twr_send_buffer_stalls", "Sends that waited for a full send buffer.", stalls
+        )
+        yield CounterMetricFamily(
+            "twr_slow_consumer_disconnects",
+            "Clients dropped for leaving frames unread past the send timeout.",
+            slow,
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.open_connections = Gauge(
+            "twr_connections_open", "Open WebSocket connections.", registry=r
+        )
+        self.opened = Counter(
+            "twr_connections_opened", "WebSocket connections accepted.", registry=r
+        )
+        self.closed = Counter("twr_connections_closed", "WebSocket connections closed.", registry=r)
+        self.rejected = Counter(
+            "twr_connections_rejected", "Connections refused, by reason.", ["reason"], registry=r
+        )
+        self.messages_in = Counter("twr_messages_in", "Frames received from clients.", registry=r)
+        self.messages_out = Counter("twr_messages_out", "Frames sent to clients.", registry=r)
+        self.bytes_in = Counter("twr_bytes_in", "Characters received in client frames.", registry=r)
+        self.bytes_out = Counter(
+            "twr_bytes_out", "Characters sent in frames to clients.", registry=r
+        )
+        self.events = Counter(
+            "twr_events",
+            "Events processed, by event and status code.",
+            ["event", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "twr_handler_duration_seconds", "Time to process an event.", ["event"], registry=r
+        )
+        self.stream_chunks = Counter("twr_stream_chunks", "Stream chunk frames sent.", registry=r)
+        self.postbacks = Counter(
+            "twr_postbacks", "Management postbacks, by outcome.", ["outcome"], registry=r
+        )
+
+    def watch_registry(
+        self, size: Callable[[], int], counters: Callable[[], tuple[int, int]]
+    ) -> None:
+        self.open_connections.set_function(size)
+        self.registry.register(_RegistryCounters(counters))
+
+    def event_done(self, event: str, known: bool, status: int, seconds: float) -> None:
+        label = event if known else UNROUTED
+        self.events.labels(label, str(status)).inc()
+        self.duration.labels(label).observe(seconds)
+
+    def sent(self, frame: str) -> None:
+        self.messages_out.inc()
+        self.bytes_out.inc(len(frame))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def bounded(value: Any, allowed: Iterable[str], other: str = "other") -> str:
+    """``value`` if it is one of ``allowed``, else ``other``: keeps label sets finite."""
+    return value if value in set(allowed) else other

@@ -1,0 +1,159 @@
+"""The configurapi-runner-ws protocol rules, free of I/O.
+
+Message text in -> ``Request`` (or a 400 ``ErrorResponse`` for input that cannot be
+an event); ``Response`` in -> frame text. The WebSocket handler only moves text
+between the socket and these functions, so every rule here is tested without sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .engine import LIFECYCLE_EVENTS, ErrorResponse, Request, Response
+
+__all__ = [
+    "CONNECTION_EVENTS",
+    "RESERVED_NAMES",
+    "connect_request",
+    "disconnect_request",
+    "dumps",
+    "encode",
+    "error_frame",
+    "message_id_of",
+    "parse_message",
+    "stream_chunk",
+    "stream_done",
+    "stream_id",
+]
+
+CONNECTION_EVENTS = frozenset({"on_connect", "on_disconnect"})
+#: Names the runner or the engine raise themselves; a client message may not use them.
+RESERVED_NAMES = LIFECYCLE_EVENTS | CONNECTION_EVENTS
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+dumps = _encoder.encode
+
+
+def _bad(message_id: Any, details: str) -> tuple[ErrorResponse, Any]:
+    return ErrorResponse("Bad Request.", 400, details), message_id
+
+
+def parse_message(
+    data: str | bytes, connection_headers: Mapping[str, Any]
+) -> tuple[Request | ErrorResponse, Any]:
+    """One client frame -> (the request, or a 400 answer; the message-id to echo).
+
+    Text that is not JSON, or JSON that is not an object, becomes a request with no
+    name whose payload is the raw text, so it reaches ``catchall`` (else 501).
+    ``connection_headers`` (connection-id, postback-url, push-function,
+    sec-websocket-protocol) are laid over the message's own headers.
+    """
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return _bad(None, "A binary frame must hold UTF-8 text.")
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError):
+        message = None
+    if not isinstance(message, dict):
+        return Request(None, headers=dict(connection_headers), payload=data), None
+    raw_headers = message.get("headers")
+    if raw_headers is None:
+        headers: dict[str, Any] = {}
+    elif isinstance(raw_headers, dict):
+        headers = {str(k).lower(): v for k, v in raw_headers.items()}
+    else:
+        return _bad(None, "'headers' must be an object.")
+    message_id = headers.get("message-id")
+    name = message.get("name") or message.get("action")
+    if name is not None and not isinstance(name, str):
+        return _bad(message_id, "'name' must be a string.")
+    if name in RESERVED_NAMES:
+        return _bad(message_id, f"'{name}' is raised by the runner and cannot be sent.")
+    params, query = message.get("params"), message.get("query")
+    if params is not None and not isinstance(params, dict):
+        return _bad(message_id, "'params' must be an object.")
+    if query is not None and not isinstance(query, dict):
+        return _bad(message_id, "'query' must be an object.")
+    headers.update(connection_headers)
+    request = Request(
+        name or None, headers=headers, params=params, query=query, payload=message.get("payload")
+    )
+    return request, message_id
+
+
+def message_id_of(request: Request) -> Any:
+    return request.headers.get("message-id")
+
+
+def connect_request(
+    name: str,
+    upgrade_headers: Mapping[str, str],
+    query: Mapping[str, Any],
+    path: str,
+    connection_headers: Mapping[str, Any],
+) -> Request:
+    """The request of ``on_connect``: the upgrade's headers, query and path."""
+    headers = {k.lower(): v for k, v in upgrade_headers.items()}
+    headers.update(connection_headers)
+    return Request(name, headers=headers, query=dict(query), path=path)
+
+
+def disconnect_request(connection_headers: Mapping[str, Any]) -> Request:
+    return Request("on_disconnect", headers=dict(connection_headers))
+
+
+def _headers(response: Response, message_id: Any) -> dict[str, Any]:
+    headers = dict(response.headers) if response.headers else {}
+    if message_id is not None:
+        headers["message-id"] = message_id
+    return headers
+
+
+def encode(response: Response, message_id: Any) -> str:
+    """The frame for a whole response: ``{"statusCode","headers","body"}``."""
+    return dumps(
+        {
+            "statusCode": response.status_code,
+            "headers": _headers(response, message_id),
+            "body": response.body,
+        }
+    )
+
+
+def error_frame(status: int, message: str, details: Any, message_id: Any) -> str:
+    return encode(ErrorResponse(message, status, details), message_id)
+
+
+def stream_id() -> str:
+    return str(uuid.uuid4())
+
+
+def stream_chunk(response: Response, chunk: Any, sid: str, message_id: Any) -> str:
+    headers = _headers(response, message_id)
+    headers["x-stream"] = "chunk"
+    headers["x-stream-id"] = sid
+    return dumps({"statusCode": response.status_code, "headers": headers, "body": chunk})
+
+
+def stream_done(
+    response: Response, sid: str, message_id: Any, error: ErrorResponse | None = None
+) -> str:
+    """The one frame that ends a stream: 200, or the producer's error and its body."""
+    source = error if error is not None else response
+    headers = _headers(source, message_id)
+    headers["x-stream"] = "done"
+    headers["x-stream-id"] = sid
+    status = error.status_code if error is not None else 200
+    return dumps(
+        {
+            "statusCode": status,
+            "headers": headers,
+            "body": error.body if error is not None else None,
+        }
+    )

@@ -1,0 +1,267 @@
+"""WsRunner: one IOLoop serving clients (plain and TLS) and the management port.
+
+Shutdown is stop accepting -> let events in flight finish (``timeouts.drain``) ->
+close every connection with 1001 and run on_disconnect -> log what was cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from tornado.ioloop import PeriodicCallback
+
+from .engine import Service
+from .errors import ConfigError, ConfigIssue, StartupError
+from .log import runner_log
+from .management import make_management_app
+from .metrics import Metrics
+from .registry import Registry
+from .settings import RunnerSettings
+from .state import Phase, RunnerState
+from .ws import ClientHandler
+
+__all__ = ["Notify", "WsRunner"]
+
+#: Receives systemd notify strings ("READY=1", "RELOADING=1", "STOPPING=1").
+Notify = Callable[[str], None]
+CLOSE_WAIT = 2.0  # seconds clients get to answer the 1001 close before the socket is dropped
+
+
+def _bind(host: str, port: int, what: str) -> list[socket.socket]:
+    try:
+        return tornado.netutil.bind_sockets(port, address=host or None, backlog=1024)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"cannot listen for {what} on {host}:{port}: port {port} is in use"
+            ) from None
+        raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+
+
+class WsRunner:
+    """The runner; ``run()`` blocks like the Node runner's, ``start``/``stop`` embed it."""
+
+    def __init__(self, settings: RunnerSettings | None = None) -> None:
+        self.settings = settings or RunnerSettings()
+        self.state: RunnerState | None = None
+        self.ports: dict[str, int] = {}
+        self._servers: list[tornado.httpserver.HTTPServer] = []
+        self._management: tornado.httpserver.HTTPServer | None = None
+        self._sweeper: PeriodicCallback | None = None
+        self._stop_requested: asyncio.Event | None = None
+
+    # -- the Node-style entry point ---------------------------------------------------
+
+    def run(
+        self,
+        port: int | None = None,
+        config_path: str | None = None,
+        *,
+        s_port: int | None = None,
+        key: str | None = None,
+        cert: str | None = None,
+        management_port: int | None = None,
+    ) -> None:
+        """Serves until SIGTERM or SIGINT, like ``new HttpRunner().run({port, configPath})``."""
+        s = self.settings
+        if port is not None:
+            s.listen.port = port
+        if config_path is not None:
+            s.api = config_path
+        if s_port is not None:
+            s.tls.port = s_port
+        if key is not None and cert is not None:
+            s.tls.key, s.tls.cert = key, cert
+        if management_port is not None:
+            s.management.port = management_port
+        asyncio.run(self.serve())
+
+    async def serve(self, notify: Notify | None = None) -> None:
+        """Starts, serves until a stop signal, and stops; SIGHUP reloads the API config."""
+        notify = notify or (lambda _: None)
+        await self.start()
+        loop = asyncio.get_running_loop()
+        self._stop_requested = stop = asyncio.Event()
+        reloads: set[asyncio.Task[Any]] = set()
+
+        def reload() -> None:
+            task = asyncio.ensure_future(self._reload_notified(notify))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        notify("READY=1")
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            notify("STOPPING=1")
+            await self.stop()
+
+    def request_stop(self) -> None:
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def _reload_notified(self, notify: Notify) -> None:
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            await self.reload()
+        finally:
+            notify("READY=1")
+
+    # -- start / reload / stop ----------------------------------------------------
+
+    def _load_service(self) -> Service:
+        s = self.settings
+        return Service.load(
+            s.api,
+            environment=s.environment,
+            error_details=s.error_details,
+            handler_timeout=s.timeouts.handler or None,
+        )
+
+    async def start(self) -> None:
+        """Loads the API, runs on_start, binds every port; raises ConfigError/StartupError."""
+        s = self.settings
+        service = self._load_service()
+        try:
+            await service.start()
+        except Exception as exc:
+            raise StartupError(f"on_start failed: {exc!r}") from exc
+        registry = Registry(send_buffer=s.limits.send_buffer, send_timeout=s.timeouts.send)
+        metrics = Metrics()
+        metrics.watch_registry(
+            lambda: len(registry), lambda: (registry.stalls, registry.slow_consumers)
+        )
+        state = self.state = RunnerState(s, service, registry, metrics)
+        app = tornado.web.Application(
+            [(r".*", ClientHandler, {"state": state})],
+            websocket_max_message_size=s.limits.max_message_size,
+            websocket_ping_interval=s.timeouts.ping_interval or None,
+            websocket_ping_timeout=s.timeouts.ping_timeout or None,
+            log_function=lambda handler: None,
+        )
+        try:
+            self._listen(app, state)
+        except BaseException:
+            self._close_servers()
+            raise
+        interval = max(0.05, min(1.0, s.timeouts.send / 4)) * 1000 if s.timeouts.send else 0
+        if interval:
+            self._sweeper = PeriodicCallback(registry.sweep, interval)
+            self._sweeper.start()
+        state.phase = Phase.READY
+        runner_log.info(
+            "serving %s on %s", s.api, ", ".join(f"{k} :{v}" for k, v in self.ports.items())
+        )
+
+    def _listen(self, app: tornado.web.Application, state: RunnerState) -> None:
+        s = self.settings
+        if s.management.enabled:
+            sockets = _bind(s.management.host, s.management.port, "management")
+            s.management.port = self.ports["management"] = sockets[0].getsockname()[1]
+            self._management = tornado.httpserver.HTTPServer(
+                make_management_app(state), max_body_size=s.limits.max_message_size
+            )
+            self._management.add_sockets(sockets)
+        sockets = _bind(s.listen.host, s.listen.port, "WebSocket clients")
+        s.listen.port = self.ports["listen"] = sockets[0].getsockname()[1]
+        server = tornado.httpserver.HTTPServer(app)
+        server.add_sockets(sockets)
+        self._servers.append(server)
+        if s.tls.enabled:
+            assert s.tls.cert and s.tls.key
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(s.tls.cert, s.tls.key)
+            except (OSError, ssl.SSLError) as exc:
+                issue = ConfigIssue(
+                    "tls", f"cannot load key {s.tls.key} with cert {s.tls.cert}: {exc}"
+                )
+                raise ConfigError(s.source or "runner.yaml", [issue]) from None
+            sockets = _bind(s.tls.host or s.listen.host, s.tls.port, "WSS clients")
+            s.tls.port = self.ports["tls"] = sockets[0].getsockname()[1]
+            tls_server = tornado.httpserver.HTTPServer(app, ssl_options=context)
+            tls_server.add_sockets(sockets)
+            self._servers.append(tls_server)
+
+    async def reload(self) -> bool:
+        """Swaps in a freshly loaded config.yaml and handlers; keeps the old on failure."""
+        state = self.state
+        if state is None:
+            return False
+        try:
+            service = Service.load(
+                self.settings.api,
+                environment=self.settings.environment,
+                reload=True,
+                error_details=self.settings.error_details,
+                handler_timeout=self.settings.timeouts.handler or None,
+            )
+            await service.start()
+        except ConfigError as exc:
+            runner_log.error("reload failed, the old config stays in service:\n%s", exc)
+            return False
+        except Exception as exc:
+            runner_log.error("reload failed (on_start: %r), the old config stays in service", exc)
+            return False
+        state.service = service
+        runner_log.info("reloaded %s: %d events", self.settings.api, len(service.routes))
+        return True
+
+    def _close_servers(self) -> None:
+        for server in self._servers:
+            server.stop()
+        self._servers.clear()
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Drains events in flight, closes every connection with 1001, then stops."""
+        state = self.state
+        if state is None or state.phase is Phase.STOPPED:
+            return
+        timeout = self.settings.timeouts.drain if drain_timeout is None else drain_timeout
+        state.phase = Phase.DRAINING
+        self._close_servers()
+        if self._sweeper is not None:
+            self._sweeper.stop()
+        deadline = time.monotonic() + timeout
+        if state.tasks:
+            await asyncio.wait(set(state.tasks), timeout=timeout)
+        transports = [conn.transport for conn in state.registry]
+        for conn in state.registry:
+            conn.close(1001, "Going Away")
+        remaining = max(0.0, deadline - time.monotonic())
+        if state.tasks:
+            await asyncio.wait(set(state.tasks), timeout=max(remaining, 1.0))
+        cut = [task for task in state.tasks if not task.done()]
+        for task in cut:
+            task.cancel()
+        closing = [
+            t.closed for t in transports if isinstance(t, ClientHandler) and not t.closed.done()
+        ]
+        if closing:
+            await asyncio.wait(closing, timeout=CLOSE_WAIT)
+        for transport in transports:
+            transport.abort()
+        if self._management is not None:
+            self._management.stop()
+            await self._management.close_all_connections()
+        state.phase = Phase.STOPPED
+        runner_log.info(
+            "stopped: %d connections closed, %d events cut by the drain timeout",
+            len(transports),
+            len(cut),
+        )

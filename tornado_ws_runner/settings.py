@@ -1,0 +1,258 @@
+"""runner.yaml: the daemon's own settings, as typed dataclasses with stated defaults.
+
+Every limit and timeout the runner enforces is a field here, with its unit in the
+name or the comment beside it. ``load_settings`` checks the whole file and reports every
+mistake at once (unknown key with a did-you-mean, wrong type, out-of-range value,
+missing file), each naming runner.yaml and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engine.config import read_yaml, suggest
+from .errors import ConfigError, ConfigIssue
+
+__all__ = [
+    "Limits",
+    "Listen",
+    "LoggingSettings",
+    "Management",
+    "RunnerSettings",
+    "Timeouts",
+    "Tls",
+    "load_settings",
+]
+
+
+@dataclass
+class Listen:
+    host: str = "0.0.0.0"
+    port: int = 8000
+
+
+@dataclass
+class Tls:
+    """WSS on its own port, served only when both key and cert are given."""
+
+    port: int = 8443
+    host: str | None = None  # None: the same host as listen.host
+    key: str | None = None
+    cert: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.key and self.cert)
+
+
+@dataclass
+class Management:
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback: only this machine may drive connections
+    port: int = 9100
+    token: str | None = None  # bearer token for every route but /healthz
+    token_file: str | None = None  # or read the token from this file (first line)
+    public_url: str | None = None  # base of postback-url; default http://<host>:<port>
+
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass
+class Limits:
+    max_message_size: int = 1_048_576  # bytes; a larger frame closes with 1009
+    max_connections: int = 10_000  # upgrades beyond it get HTTP 503
+    max_in_flight: int = 16  # messages of one connection processed at once
+    send_buffer: int = 1_048_576  # bytes queued for one client before senders wait
+    allowed_origins: list[str] = field(default_factory=list)  # empty: any Origin
+
+
+@dataclass
+class Timeouts:
+    handler: float = 30.0  # seconds an event's handlers may run before a 504 frame
+    send: float = 30.0  # seconds a client may leave queued frames unread before it is dropped
+    ping_interval: float = 20.0  # seconds between keep-alive pings; 0 turns pings off
+    ping_timeout: float = 20.0  # seconds to wait for a pong before closing
+    drain: float = 10.0  # seconds events in flight may finish at shutdown
+
+
+@dataclass
+class LoggingSettings:
+    level: str = "info"
+    format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    file: str | None = None  # log to this file instead of stderr
+    syslog: bool = False  # log to the local syslog (/dev/log) instead of stderr
+    access: bool = True  # one line per connection open/close and per event
+
+
+@dataclass
+class RunnerSettings:
+    api: str = "config.yaml"  # the Configurapi config; relative to runner.yaml
+    environment: str | None = None  # the name matched by `when:`; default from the env
+    error_details: bool = False  # tracebacks in error bodies: for development only
+    listen: Listen = field(default_factory=Listen)
+    tls: Tls = field(default_factory=Tls)
+    management: Management = field(default_factory=Management)
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    source: str | None = None  # the runner.yaml these came from, if any
+
+    def management_token(self) -> str | None:
+        return read_token(self.management)
+
+
+def read_token(management: Management) -> str | None:
+    if management.token:
+        return management.token
+    if management.token_file:
+        lines = Path(management.token_file).read_text(encoding="utf-8").splitlines()
+        return lines[0].strip() if lines else None
+    return None
+
+
+_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
+_PORT_FIELDS = {"port"}
+_PATH_FIELDS = {
+    ("", "api"),
+    ("tls", "key"),
+    ("tls", "cert"),
+    ("management", "token_file"),
+    ("logging", "file"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        return " or ".join(
+            _type_name(a) if a is not type(None) else "null" for a in typing.get_args(tp)
+        )
+    if typing.get_origin(tp) is list:
+        return "a list of strings"
+    return names.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Whether ``value`` fits ``tp`` (YAML's own types), and the value to keep."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return True, None
+            if arg is not type(None):
+                ok, kept = _coerce(value, arg)
+                if ok:
+                    return True, kept
+        return False, value
+    if typing.get_origin(tp) is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return ok, list(value) if ok else value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    return False, value
+
+
+def _fill(
+    target: Any, raw: Any, prefix: str, issues: list[ConfigIssue], lines: dict[str, int]
+) -> None:
+    fields = {f.name: f for f in dataclasses.fields(target) if f.name != "source"}
+    hints = typing.get_type_hints(type(target))
+    if not isinstance(raw, dict):
+        issues.append(ConfigIssue(prefix or "", "must be a mapping", lines.get(prefix)))
+        return
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        line = lines.get(path)
+        if key not in fields:
+            issues.append(ConfigIssue(path, f"unknown key{suggest(key, fields)}", line))
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            _fill(getattr(target, key), value, path, issues, lines)
+            continue
+        ok, kept = _coerce(value, tp)
+        if not ok:
+            issues.append(ConfigIssue(path, f"must be {_type_name(tp)}, not {value!r}", line))
+            continue
+        problem = _range_problem(key, kept)
+        if problem:
+            issues.append(ConfigIssue(path, problem, line))
+            continue
+        setattr(target, key, kept)
+
+
+def _range_problem(key: str, value: Any) -> str | None:
+    if key in _PORT_FIELDS and not 0 <= value <= 65535:
+        return f"{value} is not a port (0-65535)"
+    if key == "level" and str(value).lower() not in _LOG_LEVELS:
+        hint = suggest(str(value).lower(), _LOG_LEVELS)
+        return f"'{value}' is not one of {', '.join(_LOG_LEVELS)}{hint}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        return f"must not be negative, not {value}"
+    if key in ("max_message_size", "max_connections", "max_in_flight", "send_buffer") and value < 1:
+        return "must be at least 1"
+    return None
+
+
+def resolve_paths(settings: RunnerSettings, base: Path) -> None:
+    """Makes the file paths of runner.yaml absolute, relative to its folder."""
+    for section, name in _PATH_FIELDS:
+        holder = getattr(settings, section) if section else settings
+        value = getattr(holder, name)
+        if value:
+            setattr(holder, name, str((base / os.path.expanduser(value)).resolve()))
+
+
+def check_files(settings: RunnerSettings, file: str, lines: dict[str, int]) -> list[ConfigIssue]:
+    """The files runner.yaml names must be readable now, not at the first connection."""
+    issues = []
+    wanted = [
+        ("api", settings.api),
+        ("tls.key", settings.tls.key),
+        ("tls.cert", settings.tls.cert),
+        ("management.token_file", settings.management.token_file),
+    ]
+    for key, value in wanted:
+        if not value:
+            continue
+        try:
+            with open(value, "rb"):
+                pass
+        except OSError as exc:
+            issues.append(ConfigIssue(key, f"cannot read {value}: {exc.strerror}", lines.get(key)))
+    if bool(settings.tls.key) != bool(settings.tls.cert):
+        issues.append(ConfigIssue("tls", "give both key and cert to serve WSS", lines.get("tls")))
+    return issues
+
+
+def load_settings(path: str | os.PathLike[str]) -> RunnerSettings:
+    """Reads runner.yaml; relative paths in it are taken from its own folder."""
+    file = Path(path).resolve()
+    data, lines = read_yaml(file)
+    settings = RunnerSettings(source=str(file))
+    issues: list[ConfigIssue] = []
+    if data is not None:
+        _fill(settings, data, "", issues, lines)
+    if not issues:
+        resolve_paths(settings, file.parent)
+        issues = check_files(settings, str(file), lines)
+    if issues:
+        raise ConfigError(str(file), issues)
+    return settings

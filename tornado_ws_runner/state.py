@@ -1,0 +1,40 @@
+"""What the WebSocket and management handlers share, handed to them via ``initialize()``."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine import Service
+from .metrics import Metrics
+from .registry import Registry
+from .settings import RunnerSettings
+
+__all__ = ["Phase", "RunnerState"]
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass
+class RunnerState:
+    """The live parts of one runner; ``service`` is swapped whole on reload."""
+
+    settings: RunnerSettings
+    service: Service
+    registry: Registry
+    metrics: Metrics
+    phase: Phase = Phase.STARTING
+    #: Every event and on_disconnect task, so shutdown can wait for them.
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task

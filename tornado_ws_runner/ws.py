@@ -1,0 +1,268 @@
+"""The client-facing WebSocketHandler: socket -> protocol -> engine -> protocol -> socket.
+
+Backpressure is explicit at both ends. Reading: ``on_message`` returns only once the
+message has a slot among ``limits.max_in_flight``; Tornado does not read the next frame
+until it returns, so a client that floods waits in its own TCP window. Writing: every
+frame goes through ``Connection.send`` (see registry.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import tornado.web
+import tornado.websocket
+
+from . import protocol
+from .engine import ErrorResponse, Event, Response, StreamResponse
+from .errors import ConnectionGone
+from .log import access_log, runner_log
+from .registry import Connection
+from .state import Phase, RunnerState
+
+__all__ = ["ClientHandler"]
+
+
+class ClientHandler(tornado.websocket.WebSocketHandler):
+    """One client connection; its state lives in a ``Connection`` in the registry."""
+
+    def initialize(self, state: RunnerState) -> None:
+        self.state = state
+        self.conn: Connection | None = None
+        #: Resolved when Tornado has closed the socket (shutdown waits for it).
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- the upgrade -------------------------------------------------------------
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        state = self.state
+        if state.phase is not Phase.READY:
+            state.metrics.rejected.labels("draining").inc()
+            raise tornado.web.HTTPError(503, reason="Service Unavailable")
+        if len(state.registry) >= state.settings.limits.max_connections:
+            state.metrics.rejected.labels("max_connections").inc()
+            runner_log.warning(
+                "refused a connection from %s: %d connections open (the maximum)",
+                self.request.remote_ip,
+                len(state.registry),
+            )
+            raise tornado.web.HTTPError(503, reason="Too Many Connections")
+        await super().get(*args, **kwargs)
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.state.settings.limits.allowed_origins
+        if not allowed or origin in allowed or "*" in allowed:
+            return True
+        self.state.metrics.rejected.labels("origin").inc()
+        return False
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return subprotocols[0] if subprotocols else None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.finish(protocol.error_frame(status_code, self._reason, "", None))
+
+    # -- open / close ------------------------------------------------------------
+
+    async def open(self, *args: Any, **kwargs: Any) -> None:
+        self.set_nodelay(True)
+        state = self.state
+        settings = state.settings
+        request = self.request
+        conn = Connection(
+            state.registry,
+            self,
+            source_ip=request.remote_ip,
+            user_agent=request.headers.get("User-Agent"),
+            subprotocol=self.selected_subprotocol,
+        )
+        if settings.management.enabled:
+            conn.postback_url = f"{settings.management.base_url()}/@connections/{conn.id}"
+        conn.push = self._make_push(conn)
+        conn.headers = {
+            "connection-id": conn.id,
+            "postback-url": conn.postback_url,
+            "push-function": conn.push,
+            "sec-websocket-protocol": conn.subprotocol,
+        }
+        conn.on_closed = self._after_close
+        self.conn = conn
+        state.registry.add(conn)
+        state.metrics.opened.inc()
+        if settings.logging.access:
+            access_log.info("%s open from %s (%s)", conn.id, conn.source_ip, conn.user_agent or "-")
+        headers = {k: ", ".join(request.headers.get_list(k)) for k in request.headers}
+        url = urlsplit(request.uri or "/")
+        query = {k: v[0].decode("utf-8", "replace") for k, v in request.query_arguments.items()}
+        connect = Event(
+            protocol.connect_request("on_connect", headers, query, url.path, conn.headers)
+        )
+        if not state.service.has_event("on_connect"):
+            return
+        started = time.perf_counter()
+        response = await state.service.process(connect)
+        self._log_event(conn, connect, response, started)
+        if response.status_code >= 400:
+            state.metrics.rejected.labels("on_connect").inc()
+            reason = response.message if isinstance(response, ErrorResponse) else "Policy Violation"
+            conn.close(1008, str(reason)[:120])
+            return
+        conn.identity = connect.identity
+
+    def on_close(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.conn is not None:
+            self.conn.mark_closed(self.close_code)
+
+    def _after_close(self, conn: Connection) -> None:
+        """Runs on_disconnect once, whichever side or path closed the connection."""
+        self.state.metrics.closed.inc()
+        self.state.track(asyncio.ensure_future(self._disconnect(conn)))
+
+    async def _disconnect(self, conn: Connection) -> None:
+        state = self.state
+        if state.settings.logging.access:
+            access_log.info("%s closed (%s)", conn.id, conn.close_code or self.close_code or "-")
+        if not state.service.has_event("on_disconnect"):
+            return
+        event = Event(protocol.disconnect_request(conn.headers), identity=conn.identity)
+        started = time.perf_counter()
+        response = await state.service.process(event)
+        self._log_event(conn, event, response, started)
+
+    def abort(self) -> None:
+        """Drops the TCP connection now, for a client that no longer reads."""
+        ws = self.ws_connection
+        if ws is not None and ws.stream is not None:
+            ws.stream.close()
+
+    # -- messages ----------------------------------------------------------------
+
+    async def on_message(self, message: str | bytes) -> None:
+        conn = self.conn
+        if conn is None or conn.closing:
+            return
+        state = self.state
+        metrics = state.metrics
+        metrics.messages_in.inc()
+        metrics.bytes_in.inc(len(message))
+        conn.last_active_at = time.time()
+        while conn.in_flight >= state.settings.limits.max_in_flight:
+            if conn.slot_free is None or conn.slot_free.done():
+                conn.slot_free = asyncio.get_running_loop().create_future()
+            await conn.slot_free
+            if conn.closing:
+                return
+        conn.in_flight += 1
+        state.track(asyncio.ensure_future(self._handle(conn, message)))
+
+    async def _handle(self, conn: Connection, message: str | bytes) -> None:
+        try:
+            request, message_id = protocol.parse_message(message, conn.headers)
+            if isinstance(request, ErrorResponse):
+                await self._send(conn, protocol.encode(request, message_id))
+                return
+            event = Event(request, identity=conn.identity)
+            started = time.perf_counter()
+            response = await self.state.service.process(event)
+            self._log_event(conn, event, response, started)
+            if isinstance(response, StreamResponse):
+                await self._stream(conn, response, message_id)
+            else:
+                await self._send(conn, self._encode(response, message_id))
+        except ConnectionGone:
+            pass
+        finally:
+            conn.in_flight -= 1
+            if conn.slot_free is not None and not conn.slot_free.done():
+                conn.slot_free.set_result(None)
+
+    def _encode(self, response: Response, message_id: Any) -> str:
+        try:
+            return protocol.encode(response, message_id)
+        except (TypeError, ValueError, RecursionError) as exc:
+            runner_log.error("cannot encode the response as JSON: %s", exc)
+            error = self.state.service.error_response(exc)
+            return protocol.encode(error, message_id)
+
+    async def _send(self, conn: Connection, frame: str) -> None:
+        await conn.send(frame)
+        self.state.metrics.sent(frame)
+
+    def _log_event(
+        self, conn: Connection, event: Event, response: Response, started: float
+    ) -> None:
+        seconds = time.perf_counter() - started
+        state = self.state
+        state.metrics.event_done(
+            event.name, state.service.has_event(event.name), response.status_code, seconds
+        )
+        if state.settings.logging.access:
+            access_log.info(
+                "%s %s %d %.1fms", conn.id, event.name or "-", response.status_code, seconds * 1e3
+            )
+
+    # -- push and streams ----------------------------------------------------------
+
+    def _make_push(self, conn: Connection) -> Any:
+        async def push(response: Response | dict[str, Any]) -> None:
+            """Sends an out-of-band frame to this client; raises ConnectionGone if it left."""
+            if isinstance(response, Response):
+                frame = protocol.encode(response, response.headers.get("message-id"))
+            else:
+                frame = protocol.dumps(response)
+            await self._send(conn, frame)
+
+        return push
+
+    async def _stream(self, conn: Connection, response: StreamResponse, message_id: Any) -> None:
+        """One frame per chunk, each produced only after the previous one was flushed."""
+        task = asyncio.current_task()
+        assert task is not None
+        conn.streams.add(task)
+        sid = protocol.stream_id()
+        chunks = _aiter(response.body)
+        error: ErrorResponse | None = None
+        try:
+            try:
+                async for chunk in chunks:
+                    frame = protocol.stream_chunk(response, chunk, sid, message_id)
+                    await self._send(conn, frame)
+                    self.state.metrics.stream_chunks.inc()
+            except (ConnectionGone, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                runner_log.warning("%s stream producer failed: %r", conn.id, exc)
+                error = self.state.service.error_response(exc)
+            await self._send(conn, protocol.stream_done(response, sid, message_id, error))
+        except asyncio.CancelledError:
+            if not conn.closing:
+                raise
+        finally:
+            conn.streams.discard(task)
+            await _close(chunks, response.body)
+
+
+async def _aiter(body: Any) -> AsyncIterator[Any]:
+    if hasattr(body, "__aiter__"):
+        async for chunk in body:
+            yield chunk
+    else:
+        for chunk in body if isinstance(body, Iterable) else [body]:
+            yield chunk
+
+
+async def _close(wrapper: AsyncIterator[Any], body: Any) -> None:
+    """Closes the producer so its ``finally`` runs now, not at garbage collection."""
+    await wrapper.aclose()  # type: ignore[attr-defined]
+    closer = getattr(body, "aclose", None) or getattr(body, "close", None)
+    if closer is not None:
+        result = closer()
+        if inspect.isawaitable(result):
+            await result
