@@ -21,12 +21,12 @@ import tornado.web
 from tornado.ioloop import PeriodicCallback
 
 from .engine import Service
-from .errors import ConfigError, ConfigIssue, StartupError
+from .errors import ConfigError, StartupError
 from .log import runner_log
 from .management import make_management_app
 from .metrics import Metrics
 from .registry import Registry
-from .settings import RunnerSettings
+from .settings import RunnerSettings, tls_context
 from .state import Phase, RunnerState
 from .ws import ClientHandler
 
@@ -51,14 +51,20 @@ def _bind(host: str, port: int, what: str) -> list[socket.socket]:
 class WsRunner:
     """The runner; ``run()`` blocks like the Node runner's, ``start``/``stop`` embed it."""
 
-    def __init__(self, settings: RunnerSettings | None = None) -> None:
+    def __init__(
+        self, settings: RunnerSettings | None = None, service: Service | None = None
+    ) -> None:
+        """``service``: an already loaded API (the CLI's ``--check`` pass), else loaded at start."""
         self.settings = settings or RunnerSettings()
+        self._service = service
         self.state: RunnerState | None = None
         self.ports: dict[str, int] = {}
         self._servers: list[tornado.httpserver.HTTPServer] = []
         self._management: tornado.httpserver.HTTPServer | None = None
         self._sweeper: PeriodicCallback | None = None
         self._stop_requested: asyncio.Event | None = None
+        self._sockets: dict[str, list[socket.socket]] = {}
+        self._tls_context: ssl.SSLContext | None = None
 
     # -- the Node-style entry point ---------------------------------------------------
 
@@ -136,7 +142,7 @@ class WsRunner:
     async def start(self) -> None:
         """Loads the API, runs on_start, binds every port; raises ConfigError/StartupError."""
         s = self.settings
-        service = self._load_service()
+        service = self._service or self._load_service()
         try:
             await service.start()
         except Exception as exc:
@@ -168,35 +174,58 @@ class WsRunner:
             "serving %s on %s", s.api, ", ".join(f"{k} :{v}" for k, v in self.ports.items())
         )
 
-    def _listen(self, app: tornado.web.Application, state: RunnerState) -> None:
+    def bind(self) -> None:
+        """Binds every port now, so a daemon fails before it detaches from the terminal.
+
+        Raises StartupError (a port in use names the port) or ConfigError (a TLS key or
+        certificate that does not load). ``start()`` calls it when nobody did before.
+        """
+        if self._sockets:
+            return
         s = self.settings
-        if s.management.enabled:
-            sockets = _bind(s.management.host, s.management.port, "management")
-            s.management.port = self.ports["management"] = sockets[0].getsockname()[1]
+        try:
+            if s.management.enabled:
+                self._sockets["management"] = _bind(
+                    s.management.host, s.management.port, "management"
+                )
+            self._sockets["listen"] = _bind(s.listen.host, s.listen.port, "WebSocket clients")
+            if s.tls.enabled:
+                self._tls_context = tls_context(s)
+                self._sockets["tls"] = _bind(s.tls.host or s.listen.host, s.tls.port, "WSS clients")
+        except BaseException:
+            self.unbind()
+            raise
+        for name, sockets in self._sockets.items():
+            self.ports[name] = sockets[0].getsockname()[1]
+        s.listen.port = self.ports["listen"]
+        s.management.port = self.ports.get("management", s.management.port)
+        s.tls.port = self.ports.get("tls", s.tls.port)
+
+    def sockets(self) -> list[socket.socket]:
+        """The bound listening sockets (a daemon keeps them open across detaching)."""
+        return [sock for sockets in self._sockets.values() for sock in sockets]
+
+    def unbind(self) -> None:
+        for sock in self.sockets():
+            sock.close()
+        self._sockets.clear()
+
+    def _listen(self, app: tornado.web.Application, state: RunnerState) -> None:
+        self.bind()
+        s = self.settings
+        if "management" in self._sockets:
             self._management = tornado.httpserver.HTTPServer(
                 make_management_app(state), max_body_size=s.limits.max_message_size
             )
-            self._management.add_sockets(sockets)
-        sockets = _bind(s.listen.host, s.listen.port, "WebSocket clients")
-        s.listen.port = self.ports["listen"] = sockets[0].getsockname()[1]
+            self._management.add_sockets(self._sockets["management"])
         server = tornado.httpserver.HTTPServer(app)
-        server.add_sockets(sockets)
+        server.add_sockets(self._sockets["listen"])
         self._servers.append(server)
-        if s.tls.enabled:
-            assert s.tls.cert and s.tls.key
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                context.load_cert_chain(s.tls.cert, s.tls.key)
-            except (OSError, ssl.SSLError) as exc:
-                issue = ConfigIssue(
-                    "tls", f"cannot load key {s.tls.key} with cert {s.tls.cert}: {exc}"
-                )
-                raise ConfigError(s.source or "runner.yaml", [issue]) from None
-            sockets = _bind(s.tls.host or s.listen.host, s.tls.port, "WSS clients")
-            s.tls.port = self.ports["tls"] = sockets[0].getsockname()[1]
-            tls_server = tornado.httpserver.HTTPServer(app, ssl_options=context)
-            tls_server.add_sockets(sockets)
+        if "tls" in self._sockets:
+            tls_server = tornado.httpserver.HTTPServer(app, ssl_options=self._tls_context)
+            tls_server.add_sockets(self._sockets["tls"])
             self._servers.append(tls_server)
+        self._sockets.clear()
 
     async def reload(self) -> bool:
         """Swaps in a freshly loaded config.yaml and handlers; keeps the old on failure."""

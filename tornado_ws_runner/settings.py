@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "Timeouts",
     "Tls",
     "load_settings",
+    "tls_context",
 ]
 
 
@@ -256,3 +258,16 @@ def load_settings(path: str | os.PathLike[str]) -> RunnerSettings:
     if issues:
         raise ConfigError(str(file), issues)
     return settings
+
+
+def tls_context(settings: RunnerSettings) -> ssl.SSLContext:
+    """The server's TLS context; a key or certificate that does not load is a config error."""
+    tls = settings.tls
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        issue = ConfigIssue("tls.key", f"cannot load {tls.key} with {tls.cert}: {reason}")
+        raise ConfigError(settings.source or "runner.yaml", [issue]) from None
+    return context

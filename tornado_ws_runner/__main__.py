@@ -1,0 +1,7 @@
+"""``python -m tornado_ws_runner``: the same as the console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""The ``tornado-ws-runner`` command.
+
+Exit status: 0 after a clean stop (or a good ``--check``), 2 for a configuration
+error (one line per mistake, naming the file and the key), 1 for any other failure to
+start (a port in use names the port). Expected failures print no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from ._version import __version__
+from .engine import Service
+from .errors import ConfigError, ConfigIssue, StartupError
+from .log import configure, runner_log
+from .pidfile import PidFile
+from .runner import WsRunner
+from .settings import RunnerSettings, load_settings, tls_context
+from .systemd import Notifier
+
+__all__ = ["DEFAULT_CONF", "main"]
+
+DEFAULT_CONF = "/etc/tornado-ws-runner/runner.yaml"
+_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tornado-ws-runner",
+        description="Serve a Configurapi config.yaml as a WebSocket API (Tornado).",
+    )
+    p.add_argument(
+        "--conf", default=DEFAULT_CONF, metavar="PATH", help=f"runner.yaml (default {DEFAULT_CONF})"
+    )
+    p.add_argument("--api", metavar="PATH", help="the config.yaml to serve (overrides 'api')")
+    p.add_argument("--port", type=int, help="WebSocket port (overrides listen.port)")
+    p.add_argument("--management-port", type=int, help="overrides management.port")
+    p.add_argument("--log-level", choices=_LEVELS, help="overrides logging.level")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate runner.yaml, the API config and its handlers, then exit (0 good, 2 bad)",
+    )
+    p.add_argument(
+        "--daemon", action="store_true", help="detach from the terminal (needs --pidfile)"
+    )
+    p.add_argument("--pidfile", metavar="PATH", help="pidfile to write and lock")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> RunnerSettings:
+    settings = load_settings(args.conf)
+    issues = []
+    for flag, value in (("--port", args.port), ("--management-port", args.management_port)):
+        if value is not None and not 0 <= value <= 65535:
+            issues.append(ConfigIssue(flag, f"{value} is not a port (0-65535)"))
+    if issues:
+        raise ConfigError("command line", issues)
+    if args.api:
+        settings.api = os.path.abspath(args.api)
+    if args.port is not None:
+        settings.listen.port = args.port
+    if args.management_port is not None:
+        settings.management.port = args.management_port
+    if args.log_level:
+        settings.logging.level = args.log_level
+    return settings
+
+
+def _check(settings: RunnerSettings) -> Service:
+    """Loads everything a start would load, without binding or running anything."""
+    if settings.tls.enabled:
+        tls_context(settings)
+    settings.management_token()
+    return Service.load(
+        settings.api,
+        environment=settings.environment,
+        error_details=settings.error_details,
+        handler_timeout=settings.timeouts.handler or None,
+    )
+
+
+def _daemonize(runner: WsRunner, settings: RunnerSettings, pidfile: PidFile) -> None:
+    import daemon  # python-daemon: only needed in this mode
+
+    context = daemon.DaemonContext(
+        pidfile=pidfile,
+        files_preserve=[s.fileno() for s in runner.sockets()],
+        working_directory="/",
+        umask=0o022,
+    )
+    context.open()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        if args.daemon and not args.pidfile:
+            raise ConfigError("command line", [ConfigIssue("--daemon", "needs --pidfile PATH")])
+        service = _check(settings)
+        if args.check:
+            print(f"{settings.source}: ok ({len(service.routes)} events from {settings.api})")
+            return 0
+        log = settings.logging
+        if args.daemon and not (log.file or log.syslog):
+            log.syslog = True
+        runner = WsRunner(settings, service)
+        pidfile = PidFile(args.pidfile) if args.pidfile else None
+        if pidfile is not None and (owner := pidfile.owner()):
+            raise StartupError(f"already running as pid {owner} (pidfile {pidfile.path})")
+        runner.bind()
+        if args.daemon and pidfile is not None:
+            _daemonize(runner, settings, pidfile)
+        elif pidfile is not None:
+            pidfile.acquire()
+        configure(log.level, log.format, log.file, log.syslog)
+        if pidfile is not None and pidfile.replaced:
+            runner_log.warning(
+                "replaced a stale pidfile %s (pid %s)", pidfile.path, pidfile.replaced
+            )
+        notifier = Notifier()
+        try:
+            asyncio.run(runner.serve(notifier))
+        finally:
+            notifier.close()
+            if pidfile is not None:
+                pidfile.release()
+        return 0
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        runner_log.error("%s", exc)
+        print(f"tornado-ws-runner: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
