@@ -107,7 +107,8 @@ class Event:
                 self.method = "list"
             else:
                 resource = singular
-            self.params[singular] = resource_id
+            if resource_id:
+                self.params[singular] = resource_id
             parts.append(resource)
         prefix = f"{self.method}_{self.version}" if self.version else self.method
         return "_".join([prefix, *parts])
@@ -178,4 +179,6 @@ def _format(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=str)
     if value is True or value is False:
         return "true" if value else "false"
+    if value is None:
+        return "null"
     return str(value)

@@ -36,7 +36,9 @@ Handler = Callable[..., Any]
 
 def handlers_of(module: ModuleType) -> dict[str, Handler]:
     """The module's public functions whose names end in 'handler'."""
-    names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [n for n in vars(module) if not n.startswith("_")]
     found: dict[str, Handler] = {}
     for name in names:
         obj = getattr(module, name, None)
@@ -72,8 +74,17 @@ def _import(spec: ImportSpec, generation: int, reload: bool) -> ModuleType:
 
 
 def _failure(exc: BaseException) -> str:
-    """The one line that says why a module failed: the exception and its place."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    """The one line that says why a module failed: the exception and its place.
+
+    The place is the last frame in the developer's code, not in the import machinery.
+    """
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<")
+        and frame.filename != __file__
+        and "importlib" not in Path(frame.filename).parts
+    ]
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
 

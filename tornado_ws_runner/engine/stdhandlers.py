@@ -71,6 +71,8 @@ class _SchemaValidator:
         if name not in self.cache:
             path = self.directory / f"{name}.json"
             try:
+                if path.parent != self.directory:  # a name like '../x' must not leave schemas/
+                    raise FileNotFoundError(path)
                 schema = json.loads(path.read_text(encoding="utf-8"))
                 cls = validators.validator_for(schema, default=Draft202012Validator)
                 cls.check_schema(schema)
