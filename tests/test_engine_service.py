@@ -49,7 +49,7 @@ api:
 ERRORS = """\
 import json
 
-from tornado_ws_runner import ErrorResponse
+from tornado_ws_runner import ErrorResponse, Response
 
 RAISED = ErrorResponse("Gone.", 410, "it left")
 
@@ -94,6 +94,17 @@ def not_a_status_handler(event):
 
 def secret_error_handler(event):
     raise RuntimeError("password=hunter2")
+
+
+def runner_error_handler(event):
+    from tornado_ws_runner.errors import HandlerTimeout
+
+    raise HandlerTimeout("backend at 10.0.0.7 timed out")
+
+
+def own_attribute_handler(event):
+    event.user = "ada"
+    event.response = Response(event.user)
 """
 
 ERRORS_CONFIG = """\
@@ -113,6 +124,10 @@ api:
       policies: [not_a_status_handler]
     - name: secret_error
       policies: [secret_error_handler]
+    - name: runner_error
+      policies: [runner_error_handler]
+    - name: own_attribute
+      policies: [own_attribute_handler]
 """
 
 
@@ -614,3 +629,15 @@ def test_log_level_none_does_not_log_failures(write, recorder, caplog):
     [response] = run(service, Request("none_level"))
     assert response.status_code == 500
     assert [r for r in caplog.records if r.name == "tornado_ws_runner.engine"] == []
+
+
+def test_runner_error_answers_its_public_message_only(write):
+    """A RunnerError keeps its status but shows the client its public message, not str()."""
+    (response,) = run(error_service(write), Request("runner_error"))
+    assert response.body == {"statusCode": 504, "message": "Gateway Timeout.", "details": ""}
+
+
+def test_handler_may_add_its_own_event_attributes(write):
+    """As in Node, a handler can hang its own data on the event."""
+    (response,) = run(error_service(write), Request("own_attribute"))
+    assert (response.status_code, response.body) == (200, "ada")

@@ -53,7 +53,10 @@ class Event:
     dict (the request's params plus the query's keys), so handlers may change it freely.
     """
 
+    # __dict__ last: the named fields stay slots, and a handler may still add its own
+    # attributes (event.user = ...) as Node handlers do; the dict exists only if used.
     __slots__ = (
+        "__dict__",
         "correlation_id",
         "id",
         "identity",

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import BadInput, ConfigError, ConfigIssue
+from ..errors import BadInput, ConfigError, ConfigIssue, RunnerError
 from ..log import TRACE, engine_log
 from .config import LOG_LEVELS, ApiConfig, EventSpec, load_api_config, suggest
 from .event import Event, Request
@@ -190,7 +190,7 @@ class Service:
 
     async def process(self, event: Event) -> Response:
         """Runs the whole pipeline for ``event`` and returns its final response."""
-        if self._started is None or not self._started.done():
+        if self._started is None or not self._started.done() or self._started.exception():
             await self.start()
         if not self._ready and not await self._first_request(event):
             return event.response
@@ -276,6 +276,9 @@ class Service:
         """
         if isinstance(error, ErrorResponse):
             response = error
+        elif isinstance(error, RunnerError):
+            response = ErrorResponse(error.public_message, error.status_code)
+            response.error = error
         elif isinstance(error, _BAD_INPUT):
             response = ErrorResponse("Bad Request.", 400, str(error))
         else:
