@@ -16,6 +16,8 @@ from .engine import (
     StreamResponse,
 )
 from .errors import ConfigError
+from .postback import ws_postback_function, wsPostbackFunction
+from .runner import WsRunner
 
 __all__ = [
     "COMPLETE",
@@ -31,5 +33,8 @@ __all__ = [
     "Result",
     "Service",
     "StreamResponse",
+    "WsRunner",
     "__version__",
+    "wsPostbackFunction",
+    "ws_postback_function",
 ]

@@ -1,18 +1,485 @@
-"""The management port (placeholder until the management API lands)."""
+"""The management port: operators (and handlers, via ``postback-url``) drive connections.
+
+Routes (see docs/management.md)::
+
+    GET    /@connections              ids of the open connections (alias /list_@connections)
+    POST   /@connections/{id}         deliver the body to that client (alias
+                                      /post_@connection?id={id})
+    GET    /@connections/{id}         describe it
+    DELETE /@connections/{id}         close it with 1000 (on_disconnect then runs)
+    GET    /healthz                   liveness, never needs the token
+    GET    /readyz                    readiness (503 while starting or draining), no token
+    GET    /metrics                   Prometheus text exposition
+
+Every answer is JSON (``/metrics`` excepted); every error is
+``{"statusCode", "message", "details"}`` and never carries a traceback.
+
+Request bodies are streamed (``stream_request_body``) so the size limit and the token
+are checked from the headers, before a byte of the body is read: an oversized
+``Content-Length`` answers 413 JSON at once, where Tornado on its own would answer a
+bare ``400 Bad Request`` and drop the connection. A chunked body is counted as it
+arrives and answered 413 as soon as it passes the limit.
+"""
 
 from __future__ import annotations
 
+import codecs
+import hmac
+import http
+import json
+from collections.abc import Callable
+from typing import Any
+
+import tornado.httputil
 import tornado.web
 
-from .state import RunnerState
+from . import protocol
+from .errors import ConfigError, ConfigIssue, ConnectionGone
+from .log import management_log
+from .metrics import CONTENT_TYPE
+from .registry import Connection
+from .settings import RunnerSettings
+from .state import Phase, RunnerState
 
-__all__ = ["make_management_app"]
+__all__ = [
+    "FILTERED_HEADERS",
+    "forwarded_headers",
+    "make_management_app",
+    "parse_body",
+    "read_management_token",
+]
+
+JSON_TYPE = "application/json"
+CLOSE_REASON = "closed by management"
+#: HTTP transport, hop-by-hop, proxy and credential headers: never forwarded to a client.
+FILTERED_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "authorization",
+        "connection",
+        "content-length",
+        "cookie",
+        "expect",
+        "forwarded",
+        "host",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "via",
+        "x-real-ip",
+    }
+)
+_FILTERED_PREFIXES = ("proxy-", "x-forwarded-")
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-class HealthHandler(tornado.web.RequestHandler):
+#: Phrases that changed between Python versions (413 was "Request Entity Too Large").
+_PHRASES = {413: "Payload Too Large"}
+
+
+def _phrase(status: int) -> str:
+    try:
+        return _PHRASES.get(status) or http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _message(status: int) -> str:
+    return _phrase(status) + "."
+
+
+class Problem(tornado.web.HTTPError):
+    """An expected error answer: its status, a short message and the details."""
+
+    def __init__(
+        self, status: int, details: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status, reason=_phrase(status))
+        self.details = details
+        self.headers = headers or {}
+
+
+def forwarded_headers(headers: tornado.httputil.HTTPHeaders) -> dict[str, str]:
+    """The request's headers, lower-cased, less the transport headers; repeats joined."""
+    forwarded: dict[str, str] = {}
+    for name in headers:
+        key = name.lower()
+        if key in FILTERED_HEADERS or key.startswith(_FILTERED_PREFIXES):
+            continue
+        forwarded[key] = ", ".join(headers.get_list(name))
+    return forwarded
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON_TYPE or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _charset(content_type: str) -> str:
+    for part in content_type.split(";")[1:]:
+        name, _, value = part.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"'):
+            return value.strip().strip('"')
+    return "utf-8"
+
+
+def parse_body(body: bytes, content_type: str) -> Any:
+    """The body a POST delivers: parsed JSON when the content type says JSON, else text.
+
+    Raises ``Problem(400)`` for a body that claims JSON and is not, or text that is not
+    in its declared charset (UTF-8 by default). An empty text body is ``""``.
+    """
+    charset = _charset(content_type)
+    try:
+        codecs.lookup(charset)
+        text = body.decode(charset)
+    except LookupError:
+        raise Problem(400, f"Unknown charset '{charset}'.") from None
+    except UnicodeDecodeError:
+        raise Problem(400, f"The body is not valid {charset} text.") from None
+    if not _is_json(content_type):
+        return text
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise Problem(400, f"The body is not valid JSON: {exc}") from None
+
+
+@tornado.web.stream_request_body
+class BaseHandler(tornado.web.RequestHandler):
+    """Token check, bounded body, JSON answers and JSON errors for every route."""
+
+    #: Routes that answer without the token (probes from orchestrators and load balancers).
+    public = False
+
+    def initialize(self, state: RunnerState, token: str | None) -> None:
+        self.state = state
+        self.token = token
+        self.limit = state.settings.limits.max_message_size
+        self.chunks: list[bytes] = []
+        self.received = 0
+        #: An answer went out from prepare() or data_received(), not from the route.
+        self.refused = False
+        #: ... and before the body was read to its end: the connection closes after it.
+        self.close_after = False
+
+    # -- before and while the body arrives -----------------------------------------
+
+    def prepare(self) -> None:
+        try:
+            if not self.public:
+                self.check_token()
+            declared = self.request.headers.get("Content-Length", "").strip()
+            if declared.isdigit() and int(declared) > self.limit:
+                self.too_large(f"The body is {int(declared)} bytes")
+        except Problem as problem:
+            self.refuse(problem, body_pending=self.has_body())
+            return
+        if self.has_body():
+            # data_received() counts the body against the limit and answers 413 itself;
+            # Tornado's own check would answer a bare 400 first for a chunked body.
+            self.lift_tornado_limit()
+
+    def lift_tornado_limit(self) -> None:
+        lift = getattr(self.request.connection, "set_max_body_size", None)
+        if lift is not None:
+            lift(2**62)
+
+    def has_body(self) -> bool:
+        headers = self.request.headers
+        if "chunked" in headers.get("Transfer-Encoding", "").lower():
+            return True
+        declared = headers.get("Content-Length", "").strip()
+        return declared.isdigit() and int(declared) > 0
+
+    def check_token(self) -> None:
+        if self.token is None:
+            return
+        scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise Problem(
+                401,
+                "Send the management token as 'Authorization: Bearer <token>'.",
+                {"WWW-Authenticate": 'Bearer realm="tornado-ws-runner"'},
+            )
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise Problem(
+                401,
+                "The bearer token is not valid.",
+                {"WWW-Authenticate": 'Bearer realm="tornado-ws-runner", error="invalid_token"'},
+            )
+
+    def too_large(self, what: str) -> None:
+        self.on_too_large()
+        raise Problem(413, f"{what}; the limit is {self.limit} bytes.")
+
+    def on_too_large(self) -> None:
+        """Hook: what a route counts when its body is refused for its size."""
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.refused:
+            return
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self.chunks.clear()
+            try:
+                self.too_large(f"The body is more than {self.limit} bytes")
+            except Problem as problem:
+                self.refuse(problem, body_pending=True)
+            return
+        self.chunks.append(chunk)
+
+    def refuse(self, problem: Problem, body_pending: bool) -> None:
+        """Answers ``problem`` now, before the route runs.
+
+        With body left unread Tornado closes the connection after this answer (the
+        only way not to read it), so the answer says ``Connection: close``; and
+        Tornado's own size check is lifted, which would otherwise write a bare
+        ``400 Bad Request`` after this answer.
+        """
+        self.refused = True
+        if body_pending:
+            self.close_after = True
+            self.lift_tornado_limit()
+        management_log.info(
+            "%s %s -> %d %s",
+            self.request.method,
+            self.request.path,
+            problem.status_code,
+            problem.details,
+        )
+        self.send_error(problem.status_code, exc_info=(Problem, problem, None))
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+    # -- answers -----------------------------------------------------------------
+
+    def send_json(self, value: Any, status: int = 200) -> None:
+        self.send(protocol.dumps(value), JSON_TYPE, status)
+
+    def send(self, body: str | bytes, content_type: str, status: int = 200) -> None:
+        if self.refused:  # a chunked body passed the limit: the 413 went out already
+            return
+        self.set_status(status)
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        details = ""
+        if isinstance(exc, Problem):  # anything else may hold what a caller must not see
+            details = exc.details
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        if status_code == 405:
+            allowed = self.allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            details = (
+                f"{self.request.method} is not allowed on {self.request.path}; "
+                f"use {', '.join(allowed)}."
+            )
+        elif status_code == 404 and not details:
+            details = f"No route {self.request.method} {self.request.path}."
+        if self.close_after:
+            self.set_header("Connection", "close")
+        self.set_header("Content-Type", JSON_TYPE)
+        body = {"statusCode": status_code, "message": _message(status_code), "details": details}
+        self.finish(protocol.dumps(body))
+
+    def allowed_methods(self) -> list[str]:
+        base = tornado.web.RequestHandler
+        return [
+            m
+            for m in self.SUPPORTED_METHODS
+            if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)
+        ]
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            management_log.info(
+                "%s %s -> %d %s",
+                self.request.method,
+                self.request.path,
+                value.status_code,
+                getattr(value, "details", "") or value.log_message or "",
+            )
+        else:
+            management_log.error(
+                "%s %s failed", self.request.method, self.request.path, exc_info=value
+            )
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path no route matches: 404 (after the token check, so routes stay private)."""
+
+    def not_found(self, *args: Any) -> None:
+        raise Problem(404)
+
+    get = post = put = patch = delete = head = options = not_found
+
+
+class HealthHandler(BaseHandler):
+    public = True
+
     def get(self) -> None:
-        self.write({"status": "ok"})
+        self.send_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    """200 while serving; 503 while starting, draining or stopped."""
+
+    public = True
+
+    def get(self) -> None:
+        phase = self.state.phase
+        if phase is not Phase.READY:
+            raise Problem(503, f"The runner is {phase.value}.")
+        self.send_json({"status": phase.value})
+
+
+class MetricsHandler(BaseHandler):
+    def get(self) -> None:
+        self.send(self.state.metrics.exposition(), CONTENT_TYPE)
+
+
+class ListHandler(BaseHandler):
+    def get(self) -> None:
+        self.send_json(self.state.registry.ids())
+
+
+class _ConnectionRoute(BaseHandler):
+    """What the per-connection routes share: finding the connection, delivering to it."""
+
+    def on_too_large(self) -> None:
+        if self.request.method == "POST":
+            self.state.metrics.postbacks.labels("too_large").inc()
+
+    def connection(self, connection_id: str, outcome: str | None = None) -> Connection:
+        """The open connection, else 410 (counted as a postback ``outcome`` if given)."""
+        conn = self.state.registry.get(connection_id)
+        if conn is None or conn.closing:
+            if outcome:
+                self.state.metrics.postbacks.labels(outcome).inc()
+            raise Problem(410, f"No open connection '{connection_id}'.")
+        return conn
+
+    async def deliver(self, connection_id: str) -> None:
+        """Sends the body to the client as a 200 frame; answers 200 once it is flushed."""
+        if self.refused:
+            return
+        postbacks = self.state.metrics.postbacks
+        conn = self.connection(connection_id, outcome="gone")
+        try:
+            body = parse_body(self.body, self.request.headers.get("Content-Type", ""))
+        except Problem:
+            postbacks.labels("bad_request").inc()
+            raise
+        frame = protocol.dumps(
+            {"statusCode": 200, "headers": forwarded_headers(self.request.headers), "body": body}
+        )
+        try:
+            await conn.send(frame)
+        except ConnectionGone:
+            postbacks.labels("gone").inc()
+            raise Problem(410, f"Connection '{connection_id}' closed before delivery.") from None
+        self.state.metrics.sent(frame)
+        postbacks.labels("delivered").inc()
+        self.send_json({"connectionId": conn.id, "delivered": True})
+
+
+class ConnectionHandler(_ConnectionRoute):
+    """``/@connections/{id}``: describe the connection, post to it, close it."""
+
+    def get(self, connection_id: str) -> None:
+        self.send_json(self.connection(connection_id).describe())
+
+    async def post(self, connection_id: str) -> None:
+        await self.deliver(connection_id)
+
+    def delete(self, connection_id: str) -> None:
+        if self.refused:
+            return
+        conn = self.connection(connection_id)
+        conn.close(1000, CLOSE_REASON)
+        management_log.info("closed %s on request from %s", conn.id, self.request.remote_ip)
+        self.set_status(204)
+        self.finish()
+
+
+class PostAliasHandler(_ConnectionRoute):
+    """``POST /post_@connection?id={id}``: the Node runner's name for the same POST."""
+
+    async def post(self) -> None:
+        if self.refused:
+            return
+        connection_id = self.get_query_argument("id", "")
+        if not connection_id:
+            self.state.metrics.postbacks.labels("bad_request").inc()
+            raise Problem(400, "Name the connection: /post_@connection?id=<connection id>.")
+        await self.deliver(connection_id)
+
+
+def _access_logger(handler: tornado.web.RequestHandler) -> None:
+    request = handler.request
+    management_log.debug(
+        "%d %s %s (%s) %.1fms",
+        handler.get_status(),
+        request.method,
+        request.uri,
+        request.remote_ip,
+        request.request_time() * 1e3,
+    )
+
+
+def read_management_token(settings: RunnerSettings) -> str | None:
+    """The token, read once at start; a token_file that gives no token is a ConfigError."""
+    management = settings.management
+    try:
+        token = settings.management_token()
+    except OSError as exc:
+        issue = ConfigIssue(
+            "management.token_file", f"cannot read {management.token_file}: {exc.strerror}"
+        )
+        raise ConfigError(settings.source or "runner.yaml", [issue]) from None
+    if management.token_file and not management.token and not token:
+        issue = ConfigIssue("management.token_file", f"{management.token_file} holds no token")
+        raise ConfigError(settings.source or "runner.yaml", [issue])
+    return token or None
 
 
 def make_management_app(state: RunnerState) -> tornado.web.Application:
-    return tornado.web.Application([(r"/healthz", HealthHandler)])
+    """The management Application; every handler gets ``state`` and the token."""
+    token = read_management_token(state.settings)
+    host = state.settings.management.host
+    if token is None and host not in _LOOPBACK:
+        management_log.warning(
+            "the management port listens on %s without a token: anyone who can reach it "
+            "can list, message and close connections",
+            host,
+        )
+    deps = {"state": state, "token": token}
+    at = "(?:@|%40)"
+    routes: list[tuple[str, type[BaseHandler], dict[str, Any]]] = [
+        (rf"/{at}connections/?", ListHandler, deps),
+        (rf"/list_{at}connections/?", ListHandler, deps),
+        (rf"/{at}connections/([^/]+)/?", ConnectionHandler, deps),
+        (rf"/post_{at}connection/?", PostAliasHandler, deps),
+        (r"/healthz/?", HealthHandler, deps),
+        (r"/readyz/?", ReadyHandler, deps),
+        (r"/metrics/?", MetricsHandler, deps),
+    ]
+    log_function: Callable[[tornado.web.RequestHandler], None] = _access_logger
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=deps,
+        log_function=log_function,
+    )

@@ -14,10 +14,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "POSTBACK_OUTCOMES", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNROUTED = "(unrouted)"
+#: The outcomes of a management POST to a connection (the ``outcome`` label of postbacks).
+POSTBACK_OUTCOMES = ("delivered", "gone", "bad_request", "too_large")
 
 
 class _RegistryCounters(Collector):
@@ -71,6 +73,8 @@ class Metrics:
         self.postbacks = Counter(
             "twr_postbacks", "Management postbacks, by outcome.", ["outcome"], registry=r
         )
+        for outcome in POSTBACK_OUTCOMES:  # every outcome is exported from the start, at 0
+            self.postbacks.labels(outcome)
 
     def watch_registry(
         self, size: Callable[[], int], counters: Callable[[], tuple[int, int]]
