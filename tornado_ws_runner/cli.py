@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from ._version import __version__
 from .engine import Service
 from .errors import ConfigError, ConfigIssue, StartupError
 from .log import configure, runner_log
+from .management import read_management_token
 from .pidfile import PidFile
 from .runner import WsRunner
 from .settings import RunnerSettings, load_settings, tls_context
@@ -76,7 +78,8 @@ def _check(settings: RunnerSettings) -> Service:
     """Loads everything a start would load, without binding or running anything."""
     if settings.tls.enabled:
         tls_context(settings)
-    settings.management_token()
+    if settings.management.enabled:
+        read_management_token(settings)
     return Service.load(
         settings.api,
         environment=settings.environment,
@@ -136,8 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except StartupError as exc:
-        runner_log.error("%s", exc)
-        print(f"tornado-ws-runner: {exc}", file=sys.stderr)
+        # Before configure() the logger has no handler: logging too would print the
+        # message twice (Python's last-resort handler writes to stderr as well).
+        if runner_log.handlers:
+            runner_log.error("%s", exc)
+        if not any(type(h) is logging.StreamHandler for h in runner_log.handlers):
+            print(f"tornado-ws-runner: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

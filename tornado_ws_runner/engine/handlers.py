@@ -48,18 +48,22 @@ def handlers_of(module: ModuleType) -> dict[str, Handler]:
 
 
 def _load_file(path: Path, generation: int) -> ModuleType:
-    """Executes a handler file as a fresh module, so a reload sees its new code."""
+    """Executes a handler file as a fresh module, so a reload sees its new code.
+
+    Compiled from the source every time: Python's ``__pycache__`` trusts a file whose
+    size and mtime second did not change, so a quick same-size edit would be missed.
+    """
     target = path / "__init__.py" if path.is_dir() else path
     if target.suffix != ".py" and not target.exists():
         target = target.with_name(target.name + ".py")
     name = f"tornado_ws_runner_handlers_{generation}_{path.stem.replace('-', '_')}"
     spec = importlib.util.spec_from_file_location(name, target)
-    if spec is None or spec.loader is None:
+    if spec is None:
         raise ImportError(f"cannot load {target}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(target.read_bytes(), str(target), "exec"), module.__dict__)
     except BaseException:
         del sys.modules[name]
         raise

@@ -1,0 +1,213 @@
+"""The ``tornado-ws-runner`` command's exit codes and messages, run as a real process."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import tornado
+from procutil import SCRIPT, Spawner, copy_app, run_cli, spawner, write_runner
+
+from tornado_ws_runner import __version__
+
+#: A certificate and key (test.key beside it) that ship with Tornado's own tests.
+TORNADO_TEST_CERT = Path(tornado.__file__).parent / "test" / "test.crt"
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawner]:
+    yield from spawner()
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    """A copy of the fixture service with a good runner.yaml beside its config.yaml."""
+    folder = copy_app(tmp_path)
+    write_runner(folder)
+    return folder
+
+
+def test_console_script_is_installed() -> None:
+    """The console script the other tests start exists beside the interpreter."""
+    assert SCRIPT.is_file(), f"{SCRIPT} missing: install the package (pip install -e .)"
+
+
+def test_version_prints_the_version() -> None:
+    """--version prints the program name and the package version, exit 0."""
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"tornado-ws-runner {__version__}"
+
+
+def test_check_good_config(app: Path) -> None:
+    """--check on a good runner.yaml + config.yaml + handlers exits 0 and says ok."""
+    result = run_cli("--conf", str(app / "runner.yaml"), "--check")
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+    assert str(app / "runner.yaml") in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_check_good_tls(app: Path) -> None:
+    """--check loads a good TLS key and certificate (Tornado's test pair) and exits 0."""
+    shutil.copy(TORNADO_TEST_CERT, app / "server.crt")
+    shutil.copy(TORNADO_TEST_CERT.with_suffix(".key"), app / "server.key")
+    write_runner(app, "tls: {host: 127.0.0.1, port: 0, key: server.key, cert: server.crt}\n")
+    result = run_cli("--conf", str(app / "runner.yaml"), "--check")
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def _unknown_key(app: Path) -> tuple[list[str], list[str]]:
+    write_runner(app, "limits: {max_in_flihgt: 4}\n")
+    return [], ["runner.yaml:5:", "limits.max_in_flihgt", "unknown key", "did you mean"]
+
+
+def _wrong_type(app: Path) -> tuple[list[str], list[str]]:
+    (app / "runner.yaml").write_text(
+        "api: config.yaml\nlisten: {host: 127.0.0.1, port: eighty}\n", encoding="utf-8"
+    )
+    return [], ["runner.yaml:2:", "listen.port", "must be an integer", "eighty"]
+
+
+def _missing_runner_yaml(app: Path) -> tuple[list[str], list[str]]:
+    (app / "runner.yaml").unlink()
+    return [], ["runner.yaml", "not found"]
+
+
+def _missing_api_file(app: Path) -> tuple[list[str], list[str]]:
+    (app / "config.yaml").unlink()
+    return [], ["runner.yaml:1:", "api", str(app / "config.yaml")]
+
+
+def _tls_key_not_a_key(app: Path) -> tuple[list[str], list[str]]:
+    (app / "server.key").write_text("this is not a private key\n", encoding="utf-8")
+    shutil.copy(TORNADO_TEST_CERT, app / "server.crt")  # a good certificate
+    write_runner(app, "tls: {host: 127.0.0.1, port: 0, key: server.key, cert: server.crt}\n")
+    return [], ["runner.yaml", "tls.key", str(app / "server.key")]
+
+
+def _port_out_of_range_in_file(app: Path) -> tuple[list[str], list[str]]:
+    (app / "runner.yaml").write_text(
+        "api: config.yaml\nlisten: {host: 127.0.0.1, port: 70000}\n", encoding="utf-8"
+    )
+    return [], ["runner.yaml:2:", "listen.port", "70000", "not a port"]
+
+
+def _port_out_of_range_flag(app: Path) -> tuple[list[str], list[str]]:
+    return ["--port", "70000"], ["command line", "--port", "70000", "not a port"]
+
+
+def _unknown_handler(app: Path) -> tuple[list[str], list[str]]:
+    config = app / "config.yaml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("- echoHandler", "- echoHandlr"),
+        encoding="utf-8",
+    )
+    return [], ["config.yaml:", "api.events[1].policies[0]", "echoHandlr", "echoHandler"]
+
+
+def _invalid_yaml(app: Path) -> tuple[list[str], list[str]]:
+    (app / "config.yaml").write_text("api:\n  events: [\n", encoding="utf-8")
+    return [], [f"{app / 'config.yaml'}:3:", "invalid YAML"]
+
+
+BAD_CONFIGS: dict[str, Callable[[Path], tuple[list[str], list[str]]]] = {
+    "unknown key": _unknown_key,
+    "wrong type": _wrong_type,
+    "missing runner.yaml": _missing_runner_yaml,
+    "missing api file": _missing_api_file,
+    "tls key not a key": _tls_key_not_a_key,
+    "port out of range in the file": _port_out_of_range_in_file,
+    "port out of range on the command line": _port_out_of_range_flag,
+    "unknown handler in config.yaml": _unknown_handler,
+    "invalid YAML in config.yaml": _invalid_yaml,
+}
+
+
+@pytest.mark.parametrize("make", BAD_CONFIGS.values(), ids=list(BAD_CONFIGS))
+def test_check_bad_config(app: Path, make: Callable[[Path], tuple[list[str], list[str]]]) -> None:
+    """--check on a bad config exits 2 with one traceback-free line naming file and key."""
+    extra_args, wanted = make(app)
+    result = run_cli("--conf", str(app / "runner.yaml"), "--check", *extra_args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for part in wanted:
+        assert part in lines[0], f"{part!r} not in {lines[0]!r}"
+    assert result.stdout == ""
+
+
+def test_check_reports_every_mistake_on_its_own_line(app: Path) -> None:
+    """Two mistakes in runner.yaml give two lines, each naming the file, line and key."""
+    (app / "runner.yaml").write_text(
+        "api: config.yaml\n"
+        "listen: {host: 127.0.0.1, port: 0}\n"
+        "managment: {port: 0}\n"
+        "timeouts: {drain: soon}\n",
+        encoding="utf-8",
+    )
+    result = run_cli("--conf", str(app / "runner.yaml"), "--check")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    runner = str(app / "runner.yaml")
+    assert lines[0].startswith(f"{runner}:3: managment: unknown key"), lines[0]
+    assert "did you mean 'management'" in lines[0]
+    assert lines[1].startswith(f"{runner}:4: timeouts.drain: must be"), lines[1]
+
+
+def test_start_with_a_bad_config_exits_2(app: Path) -> None:
+    """Without --check a bad config also exits 2 with the same one-line message."""
+    _unknown_handler(app)
+    result = run_cli("--conf", str(app / "runner.yaml"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "echoHandlr" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--port", "--management-port"])
+def test_port_in_use_exits_1_naming_the_port(app: Path, flag: str) -> None:
+    """A port already bound by someone else: exit 1, one message naming it, no traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--conf", str(app / "runner.yaml"), flag, str(port))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if str(port) in line]
+    assert len(lines) == 1, result.stderr
+    assert f"port {port} is in use" in lines[0]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_port_flags_override_the_file(app: Path, spawn: Spawner) -> None:
+    """--port and --management-port replace the ports of runner.yaml (the log names them)."""
+    listen, management = _free_port(), _free_port()
+    daemon = spawn.start(
+        "--conf",
+        str(app / "runner.yaml"),
+        "--port",
+        str(listen),
+        "--management-port",
+        str(management),
+        "--log-level",
+        "info",
+    )
+    assert daemon.wait_serving() == {"listen": listen, "management": management}
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert "Traceback" not in daemon.output
