@@ -27,6 +27,7 @@ __all__ = [
     "stream_chunk",
     "stream_done",
     "stream_id",
+    "strict_dumps",
 ]
 
 CONNECTION_EVENTS = frozenset({"on_connect", "on_disconnect"})
@@ -35,6 +36,15 @@ RESERVED_NAMES = LIFECYCLE_EVENTS | CONNECTION_EVENTS
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 dumps = _encoder.encode
+#: For frames to clients: NaN and Infinity are not JSON, so they raise ValueError here
+#: (answered as an error) instead of reaching a client's JSON parser.
+strict_dumps = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
+).encode
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _bad(message_id: Any, details: str) -> tuple[ErrorResponse, Any]:
@@ -57,7 +67,7 @@ def parse_message(
         except UnicodeDecodeError:
             return _bad(None, "A binary frame must hold UTF-8 text.")
     try:
-        message = json.loads(data)
+        message = json.loads(data, parse_constant=_not_json)
     except (ValueError, RecursionError):
         message = None
     if not isinstance(message, dict):
@@ -70,7 +80,9 @@ def parse_message(
     else:
         return _bad(None, "'headers' must be an object.")
     message_id = headers.get("message-id")
-    name = message.get("name") or message.get("action")
+    name = message.get("name")
+    if name is None or name == "":
+        name = message.get("action")
     if name is not None and not isinstance(name, str):
         return _bad(message_id, "'name' must be a string.")
     if name in RESERVED_NAMES:
@@ -117,7 +129,7 @@ def _headers(response: Response, message_id: Any) -> dict[str, Any]:
 
 def encode(response: Response, message_id: Any) -> str:
     """The frame for a whole response: ``{"statusCode","headers","body"}``."""
-    return dumps(
+    return strict_dumps(
         {
             "statusCode": response.status_code,
             "headers": _headers(response, message_id),
@@ -138,7 +150,7 @@ def stream_chunk(response: Response, chunk: Any, sid: str, message_id: Any) -> s
     headers = _headers(response, message_id)
     headers["x-stream"] = "chunk"
     headers["x-stream-id"] = sid
-    return dumps({"statusCode": response.status_code, "headers": headers, "body": chunk})
+    return strict_dumps({"statusCode": response.status_code, "headers": headers, "body": chunk})
 
 
 def stream_done(
@@ -150,7 +162,7 @@ def stream_done(
     headers["x-stream"] = "done"
     headers["x-stream-id"] = sid
     status = error.status_code if error is not None else 200
-    return dumps(
+    return strict_dumps(
         {
             "statusCode": status,
             "headers": headers,

@@ -27,7 +27,7 @@ __all__ = ["Connection", "Registry", "Transport"]
 class Transport(Protocol):
     """The part of Tornado's WebSocketHandler a connection uses."""
 
-    def write_message(self, message: str) -> asyncio.Future[None]: ...
+    def write_message(self, message: str | bytes) -> asyncio.Future[None]: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
@@ -40,6 +40,12 @@ def _iso(timestamp: float) -> str:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Marks a write's failure as seen, for a write whose sender stopped waiting."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Connection:
@@ -114,12 +120,13 @@ class Connection:
         """Hands one text frame to the socket; returns once Tornado has flushed it.
 
         Raises ConnectionGone when the client is gone or goes away meanwhile. The size
-        counted is the frame's length in characters, close to its UTF-8 size for the
-        mostly-ASCII JSON the runner sends.
+        counted is the frame's UTF-8 size: it is encoded here, once, and Tornado sends
+        the bytes as they are (still a text frame).
         """
         if self.closing:
             raise ConnectionGone(self.id)
-        size = len(frame)
+        data = frame.encode("utf-8")
+        size = len(data)
         limit = self.registry.send_buffer
         while self.pending_bytes and self.pending_bytes + size > limit:
             self.registry.stalls += 1
@@ -133,7 +140,11 @@ class Connection:
             self.registry.sending.add(self)
         self.pending_bytes += size
         try:
-            await self.transport.write_message(frame)
+            write = self.transport.write_message(data)
+            # Shielded: cancelling the sender (a stream cut by a close) must not cancel
+            # Tornado's own write future, which Tornado then reports as an error.
+            write.add_done_callback(_retrieve)
+            await asyncio.shield(write)
         except (WebSocketClosedError, StreamClosedError):
             raise ConnectionGone(self.id) from None
         finally:

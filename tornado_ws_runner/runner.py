@@ -95,27 +95,36 @@ class WsRunner:
     async def serve(self, notify: Notify | None = None) -> None:
         """Starts, serves until a stop signal, and stops; SIGHUP reloads the API config."""
         notify = notify or (lambda _: None)
-        await self.start()
         loop = asyncio.get_running_loop()
         self._stop_requested = stop = asyncio.Event()
         reloads: set[asyncio.Task[Any]] = set()
+        started = False
 
         def reload() -> None:
+            if not started:
+                runner_log.warning("SIGHUP while starting: ignored, the config is being loaded")
+                return
             task = asyncio.ensure_future(self._reload_notified(notify))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
+        # Installed before start(): a signal that comes while starting (or right after the
+        # "serving" line) must not kill the process with the default action, skipping the
+        # clean stop and the pidfile's removal. A stop asked for meanwhile stops after start.
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload)
-        notify("READY=1")
         try:
+            await self.start()
+            started = True
+            notify("READY=1")
             await stop.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            notify("STOPPING=1")
-            await self.stop()
+            if started:
+                notify("STOPPING=1")
+                await self.stop()
 
     def request_stop(self) -> None:
         if self._stop_requested is not None:
@@ -164,6 +173,7 @@ class WsRunner:
             self._listen(app, state)
         except BaseException:
             self._close_servers()
+            self.unbind()
             raise
         interval = max(0.05, min(1.0, s.timeouts.send / 4)) * 1000 if s.timeouts.send else 0
         if interval:

@@ -36,6 +36,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         self.conn: Connection | None = None
         #: Resolved when Tornado has closed the socket (shutdown waits for it).
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: The on_connect event while it runs: on_disconnect waits for it.
+        self._connecting: asyncio.Task[Response] | None = None
 
     # -- the upgrade -------------------------------------------------------------
 
@@ -105,14 +107,26 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         if not state.service.has_event("on_connect"):
             return
         started = time.perf_counter()
-        response = await state.service.process(connect)
+        # A tracked task: shutdown drains on_connect like any event in flight, and a
+        # close meanwhile runs on_disconnect only after it (see _disconnect).
+        self._connecting = state.track(asyncio.ensure_future(self._connect(conn, connect)))
+        try:
+            response = await self._connecting
+        except asyncio.CancelledError:
+            self.on_close()  # cut by shutdown: Tornado aborts without calling on_close
+            raise
         self._log_event(conn, connect, response, started)
         if response.status_code >= 400:
             state.metrics.rejected.labels("on_connect").inc()
             reason = response.message if isinstance(response, ErrorResponse) else "Policy Violation"
-            conn.close(1008, str(reason)[:120])
-            return
-        conn.identity = connect.identity
+            # A close frame's reason may hold at most 123 bytes of UTF-8.
+            conn.close(1008, str(reason).encode("utf-8")[:123].decode("utf-8", "ignore"))
+
+    async def _connect(self, conn: Connection, connect: Event) -> Response:
+        response = await self.state.service.process(connect)
+        if response.status_code < 400:
+            conn.identity = connect.identity
+        return response
 
     def on_close(self) -> None:
         if not self.closed.done():
@@ -127,6 +141,12 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
 
     async def _disconnect(self, conn: Connection) -> None:
         state = self.state
+        connecting = self._connecting
+        if connecting is not None and not connecting.done():
+            if state.phase is not Phase.READY:
+                # Shutdown closes connections only after the drain: on_connect is cut.
+                connecting.cancel()
+            await asyncio.wait([connecting])  # on_connect first, and its identity
         if state.settings.logging.access:
             access_log.info("%s closed (%s)", conn.id, conn.close_code or self.close_code or "-")
         if not state.service.has_event("on_disconnect"):
@@ -216,7 +236,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             if isinstance(response, Response):
                 frame = protocol.encode(response, response.headers.get("message-id"))
             else:
-                frame = protocol.dumps(response)
+                frame = protocol.strict_dumps(response)
             await self._send(conn, frame)
 
         return push

@@ -1,0 +1,221 @@
+"""registry.py with a fake transport: the one bounded send path and the sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClosedError
+from wsutil import fresh_loop, stays, until
+
+from tornado_ws_runner.errors import ConnectionGone
+from tornado_ws_runner.registry import Connection, Registry
+
+
+@pytest.fixture
+def io_loop() -> Iterator[IOLoop]:
+    """A fresh IOLoop per test."""
+    yield from fresh_loop()
+
+
+class FakeTransport:
+    """Records frames; each write's future resolves only when the test flushes it."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[Any, asyncio.Future[None]]] = []
+        self.closed: tuple[int | None, str | None] | None = None
+        self.aborted = False
+        self.fail: BaseException | None = None
+
+    def write_message(self, message: Any) -> asyncio.Future[None]:
+        if self.fail is not None:
+            raise self.fail
+        future = asyncio.get_running_loop().create_future()
+        self.writes.append((message, future))
+        return future
+
+    def flush(self, count: int = 1) -> None:
+        for _, future in [w for w in self.writes if not w[1].done()][:count]:
+            future.set_result(None)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closed = (code, reason)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def connection(send_buffer: int = 100, send_timeout: float = 30.0) -> Any:
+    registry = Registry(send_buffer=send_buffer, send_timeout=send_timeout)
+    transport = FakeTransport()
+    conn = Connection(registry, transport, source_ip="127.0.0.1", user_agent="t", subprotocol="p")
+    registry.add(conn)
+    return registry, transport, conn
+
+
+def test_connection_ids_are_uuid4_and_describe_has_the_contract_keys() -> None:
+    """A Connection's id is a UUID v4; describe() has the management API's keys."""
+    registry = Registry()
+    ids = {Connection(registry, FakeTransport()).id for _ in range(50)}
+    assert len(ids) == 50 and all(uuid.UUID(i).version == 4 for i in ids)
+    _, _, conn = connection()
+    described = conn.describe()
+    assert set(described) == {
+        "connectionId",
+        "connectedAt",
+        "lastActiveAt",
+        "sourceIp",
+        "userAgent",
+        "subprotocol",
+    }
+    assert described["connectedAt"].endswith("Z")
+
+
+async def test_send_returns_only_once_the_frame_is_flushed() -> None:
+    """send() waits for the transport's write future; pending_bytes counts it meanwhile."""
+    registry, transport, conn = connection()
+    sending = asyncio.ensure_future(conn.send("abcd"))
+    await until(lambda: transport.writes, "the write")
+    assert conn.pending_bytes == 4 and conn in registry.sending
+    await stays(lambda: not sending.done(), 0.05, "send waits for the flush")
+    transport.flush()
+    await asyncio.wait_for(sending, 1)
+    assert conn.pending_bytes == 0 and conn not in registry.sending
+
+
+async def test_senders_past_the_bound_wait_until_bytes_drain() -> None:
+    """Senders past send_buffer wait until bytes drain; one oversized frame may go alone."""
+    registry, transport, conn = connection(send_buffer=100)
+    first = asyncio.ensure_future(conn.send("a" * 60))
+    second = asyncio.ensure_future(conn.send("b" * 60))
+    await until(lambda: registry.stalls == 1, "the second sender to stall")
+    assert len(transport.writes) == 1 and conn.pending_bytes == 60
+    transport.flush()
+    await asyncio.wait_for(first, 1)
+    await until(lambda: len(transport.writes) == 2, "the second write")
+    assert conn.pending_bytes == 60
+    transport.flush()
+    await asyncio.wait_for(second, 1)
+    big = asyncio.ensure_future(conn.send("c" * 500))
+    await until(lambda: len(transport.writes) == 3, "the big write")
+    assert conn.pending_bytes == 500
+    transport.flush()
+    await asyncio.wait_for(big, 1)
+
+
+async def test_the_bound_counts_utf8_bytes_not_characters() -> None:
+    """pending_bytes counts a frame's UTF-8 bytes, not its characters."""
+    registry, transport, conn = connection(send_buffer=100)
+    first = asyncio.ensure_future(conn.send("€" * 30))  # 30 characters, 90 bytes
+    second = asyncio.ensure_future(conn.send("€" * 30))
+    await until(lambda: transport.writes, "the first write")
+    assert conn.pending_bytes == 90
+    await until(lambda: registry.stalls == 1, "the second sender to stall")
+    assert len(transport.writes) == 1
+    transport.flush(2)
+    await asyncio.wait_for(first, 1)
+    await until(lambda: len(transport.writes) == 2, "the second write")
+    transport.flush()
+    await asyncio.wait_for(second, 1)
+    sent = transport.writes[0][0]
+    text = sent.decode("utf-8") if isinstance(sent, bytes) else sent
+    assert text == "€" * 30
+
+
+async def test_send_on_a_closed_connection_raises_connection_gone() -> None:
+    """send() raises ConnectionGone once the connection is closed."""
+    _, _, conn = connection()
+    conn.mark_closed(1000)
+    with pytest.raises(ConnectionGone):
+        await conn.send("x")
+
+
+@pytest.mark.parametrize("error", [WebSocketClosedError(), StreamClosedError()])
+async def test_transport_errors_become_connection_gone(error: BaseException) -> None:
+    """Tornado's closed-socket errors reach callers as ConnectionGone; nothing stays pending."""
+    registry, transport, conn = connection()
+    transport.fail = error
+    with pytest.raises(ConnectionGone):
+        await conn.send("x")
+    assert conn.pending_bytes == 0 and conn not in registry.sending
+    transport.fail = None
+    sending = asyncio.ensure_future(conn.send("y"))
+    await until(lambda: transport.writes, "the write")
+    transport.writes[0][1].set_exception(error)
+    with pytest.raises(ConnectionGone):
+        await asyncio.wait_for(sending, 1)
+    assert conn.pending_bytes == 0
+
+
+async def test_waiting_senders_are_released_with_connection_gone_on_close() -> None:
+    """A sender waiting for buffer space gets ConnectionGone when the connection closes."""
+    registry, transport, conn = connection(send_buffer=10)
+    first = asyncio.ensure_future(conn.send("a" * 10))
+    waiting = asyncio.ensure_future(conn.send("b" * 10))
+    await until(lambda: registry.stalls == 1, "the stall")
+    conn.mark_closed(1001)
+    with pytest.raises(ConnectionGone):
+        await asyncio.wait_for(waiting, 1)
+    assert len(transport.writes) == 1, "the waiting frame was never written"
+    transport.writes[0][1].set_exception(StreamClosedError())  # as Tornado does on close
+    with pytest.raises(ConnectionGone):
+        await asyncio.wait_for(first, 1)
+
+
+async def test_mark_closed_runs_on_closed_once_and_leaves_the_registry() -> None:
+    """mark_closed is true only the first time; on_closed runs once; close() closes."""
+    registry, transport, conn = connection()
+    calls: list[Connection] = []
+    conn.on_closed = calls.append
+    assert conn.close(1000, "bye") is True
+    assert conn.close(1000, "again") is False
+    assert conn.mark_closed(1006) is False
+    assert calls == [conn] and conn.close_code == 1000
+    assert registry.get(conn.id) is None and len(registry) == 0
+    assert transport.closed == (1000, "again")
+
+
+async def test_mark_closed_cancels_the_connections_streams() -> None:
+    """Closing a connection cancels its stream tasks."""
+    _, _, conn = connection()
+    task = asyncio.ensure_future(asyncio.sleep(30))
+    conn.streams.add(task)
+    conn.mark_closed()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_sweep_drops_only_clients_stuck_past_the_send_timeout() -> None:
+    """sweep() drops (1008, abort, counted) only clients stuck past send_timeout."""
+    registry = Registry(send_buffer=100, send_timeout=0.05)
+    stuck_t, busy_t, idle_t = FakeTransport(), FakeTransport(), FakeTransport()
+    stuck, busy, idle = (Connection(registry, t) for t in (stuck_t, busy_t, idle_t))
+    for c in (stuck, busy, idle):
+        registry.add(c)
+    closed: list[str] = []
+    stuck.on_closed = lambda c: closed.append(c.id)
+    stuck_send = asyncio.ensure_future(stuck.send("x"))
+    busy_send = asyncio.ensure_future(busy.send("y"))
+    await until(lambda: stuck_t.writes and busy_t.writes, "both writes")
+    started = time.monotonic()
+    while time.monotonic() - started < 0.1:
+        busy.last_progress = time.monotonic()  # as a client that keeps reading would
+        await asyncio.sleep(0.005)
+    registry.sweep()
+    assert registry.slow_consumers == 1
+    assert stuck_t.closed == (1008, "send timeout") and stuck_t.aborted
+    assert closed == [stuck.id]
+    assert registry.get(stuck.id) is None
+    assert registry.get(busy.id) is busy and registry.get(idle.id) is idle
+    assert busy_t.closed is None and idle_t.closed is None
+    busy_t.flush()
+    await asyncio.wait_for(busy_send, 1)
+    stuck_t.writes[0][1].set_exception(StreamClosedError())
+    with pytest.raises(ConnectionGone):
+        await asyncio.wait_for(stuck_send, 1)
