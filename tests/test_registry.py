@@ -55,8 +55,19 @@ def connection(send_buffer: int = 100, send_timeout: float = 30.0) -> Any:
     registry = Registry(send_buffer=send_buffer, send_timeout=send_timeout)
     transport = FakeTransport()
     conn = Connection(registry, transport, source_ip="127.0.0.1", user_agent="t", subprotocol="p")
+    conn.accepted = True
     registry.add(conn)
     return registry, transport, conn
+
+
+def test_a_connection_is_addressable_only_once_accepted() -> None:
+    """Until on_connect succeeded, get() and ids() do not show a connection; len() counts it."""
+    registry = Registry()
+    conn = Connection(registry, FakeTransport())
+    registry.add(conn)
+    assert (registry.get(conn.id), registry.ids(), len(registry)) == (None, [], 1)
+    conn.accepted = True
+    assert (registry.get(conn.id), registry.ids()) == (conn, [conn.id])
 
 
 def test_connection_ids_are_uuid4_and_describe_has_the_contract_keys() -> None:
@@ -197,6 +208,7 @@ async def test_sweep_drops_only_clients_stuck_past_the_send_timeout() -> None:
     stuck_t, busy_t, idle_t = FakeTransport(), FakeTransport(), FakeTransport()
     stuck, busy, idle = (Connection(registry, t) for t in (stuck_t, busy_t, idle_t))
     for c in (stuck, busy, idle):
+        c.accepted = True
         registry.add(c)
     closed: list[str] = []
     stuck.on_closed = lambda c: closed.append(c.id)

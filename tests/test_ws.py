@@ -395,7 +395,10 @@ async def test_server_close_during_on_connect_waits_for_it(serve: Any) -> None:
     await send(conn, {"name": "echo"})
     await until(lambda: PROBE.connects, "on_connect to start")
     (cid,) = PROBE.connection_ids()
-    registry(runner).get(cid).close(1000, "closed by the operator")
+    # Not addressable by id before on_connect succeeded; reach it the way shutdown does.
+    assert registry(runner).get(cid) is None
+    (pending,) = list(registry(runner))
+    pending.close(1000, "closed by the operator")
     await stays(lambda: not PROBE.disconnects, 0.1, "no on_disconnect before on_connect is done")
     PROBE.open("auth2")
     assert await closed_with(conn) == (1000, "closed by the operator")

@@ -53,6 +53,7 @@ class Connection:
 
     __slots__ = (
         "_drained",
+        "accepted",
         "close_code",
         "closing",
         "connected_at",
@@ -95,6 +96,8 @@ class Connection:
         self.identity: Any = None
         self.headers: dict[str, Any] = {}
         self.closing = False
+        #: False until on_connect has succeeded: the management API does not see it before.
+        self.accepted = False
         #: Called once when the connection closes, by whichever path (runs on_disconnect).
         self.on_closed: Callable[[Connection], None] | None = None
         self.close_code: int | None = None
@@ -196,10 +199,13 @@ class Registry:
         self.sending.discard(connection)
 
     def get(self, connection_id: str) -> Connection | None:
-        return self._connections.get(connection_id)
+        """An accepted connection: one still in on_connect is not yet addressable."""
+        connection = self._connections.get(connection_id)
+        return connection if connection is not None and connection.accepted else None
 
     def ids(self) -> list[str]:
-        return list(self._connections)
+        """The accepted connections' ids (len() and iteration count all open ones)."""
+        return [cid for cid, connection in self._connections.items() if connection.accepted]
 
     def __len__(self) -> int:
         return len(self._connections)

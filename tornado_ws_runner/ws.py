@@ -105,6 +105,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             protocol.connect_request("on_connect", headers, query, url.path, conn.headers)
         )
         if not state.service.has_event("on_connect"):
+            conn.accepted = True
             return
         started = time.perf_counter()
         # A tracked task: shutdown drains on_connect like any event in flight, and a
@@ -126,6 +127,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         response = await self.state.service.process(connect)
         if response.status_code < 400:
             conn.identity = connect.identity
+            conn.accepted = True
         return response
 
     def on_close(self) -> None:
