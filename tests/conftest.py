@@ -1,12 +1,15 @@
-"""Shared fixtures: config files written into a temporary folder."""
+"""Shared fixtures: config files, runners in this process, daemons as subprocesses."""
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from procutil import Spawner, copy_app, spawner, write_runner
+from tornado.ioloop import IOLoop
+from wsutil import Serve, fresh_loop, serving
 
 
 @pytest.fixture
@@ -20,3 +23,29 @@ def write(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return _write
+
+
+@pytest.fixture
+def io_loop() -> Iterator[IOLoop]:
+    """A fresh IOLoop per test (pytest-tornasync runs async tests on it)."""
+    yield from fresh_loop()
+
+
+@pytest.fixture
+def serve(io_loop: IOLoop) -> Iterator[Serve]:
+    """Starts runners on free ports; stops them after the test."""
+    yield from serving(io_loop)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawner]:
+    """Starts the console script; kills whatever it started at teardown."""
+    yield from spawner()
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    """A copy of the daemon fixture service (config.yaml, handlers/) with a runner.yaml."""
+    folder = copy_app(tmp_path)
+    write_runner(folder)
+    return folder

@@ -5,30 +5,17 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import tornado
-from procutil import SCRIPT, Spawner, copy_app, run_cli, spawner, write_runner
+from procutil import SCRIPT, Spawner, run_cli, write_runner
 
 from tornado_ws_runner import __version__
 
 #: A certificate and key (test.key beside it) that ship with Tornado's own tests.
 TORNADO_TEST_CERT = Path(tornado.__file__).parent / "test" / "test.crt"
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawner]:
-    yield from spawner()
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    """A copy of the fixture service with a good runner.yaml beside its config.yaml."""
-    folder = copy_app(tmp_path)
-    write_runner(folder)
-    return folder
 
 
 def test_console_script_is_installed() -> None:

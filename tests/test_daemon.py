@@ -9,40 +9,23 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from procutil import (
     DEADLINE,
     Spawner,
     call,
     clean_env,
     connect,
-    copy_app,
     parse_ports,
     pid_alive,
     run_cli,
-    spawner,
     wait_until,
     write_runner,
 )
 from tornado.websocket import WebSocketClientConnection
 
 DISCONNECTS_ENV = "TWR_TEST_DISCONNECTS"  # read by fixtures/daemon/handlers/recorder.py
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawner]:
-    yield from spawner()
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    """A copy of the fixture service (config.yaml, handlers/) with a runner.yaml."""
-    folder = copy_app(tmp_path)
-    write_runner(folder)
-    return folder
 
 
 # -- SIGTERM -------------------------------------------------------------------------

@@ -16,30 +16,25 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 import tornado.websocket
-from tornado.ioloop import IOLoop
 from wsutil import (
     CATCHALL_CONFIG,
     CONFIG,
     HERE,
     PROBE,
     RawClient,
-    Serve,
     ask,
     bounded,
     closed_with,
     free_port,
-    fresh_loop,
     recv,
     registry,
     send,
-    serving,
     stays,
     tornado_connect,
     until,
@@ -50,18 +45,6 @@ from wsutil import (
 from tornado_ws_runner import Response
 from tornado_ws_runner.errors import ConnectionGone
 from tornado_ws_runner.ws import ClientHandler
-
-
-@pytest.fixture
-def io_loop() -> Iterator[IOLoop]:
-    """A fresh IOLoop per test."""
-    yield from fresh_loop()
-
-
-@pytest.fixture
-def serve(io_loop: IOLoop) -> Iterator[Serve]:
-    """Starts runners on free ports; stops them after the test."""
-    yield from serving(io_loop)
 
 
 async def connection_id_of(conn: Any) -> str:

@@ -3,11 +3,8 @@ allowed origins and keep-alive pings."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import tornado.httpclient
-from tornado.ioloop import IOLoop
 from websockets.exceptions import InvalidStatus
 from wsutil import (
     PROBE,
@@ -15,28 +12,14 @@ from wsutil import (
     Serve,
     ask,
     closed_with,
-    fresh_loop,
     registry,
     send,
-    serving,
     stays,
     tornado_connect,
     until,
     websockets_connect,
     ws_url,
 )
-
-
-@pytest.fixture
-def io_loop() -> Iterator[IOLoop]:
-    """A fresh IOLoop per test."""
-    yield from fresh_loop()
-
-
-@pytest.fixture
-def serve(io_loop: IOLoop) -> Iterator[Serve]:
-    """Starts runners on free ports; stops them after the test."""
-    yield from serving(io_loop)
 
 
 def echo_of_size(size: int) -> str:

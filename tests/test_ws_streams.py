@@ -4,22 +4,19 @@ backpressure, the per-connection send bound, slow and vanishing clients."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tornado.ioloop import IOLoop
 from wsutil import (
     PROBE,
     RawClient,
     Serve,
     ask,
     bounded,
-    fresh_loop,
     recv,
     registry,
     send,
-    serving,
     tornado_connect,
     until,
     websockets_connect,
@@ -28,18 +25,6 @@ from wsutil import (
 
 CHUNK = 16384  # characters per chunk of the endless producer
 FRAME = CHUNK + 400  # a chunk's frame: the chunk plus its JSON envelope and headers
-
-
-@pytest.fixture
-def io_loop() -> Iterator[IOLoop]:
-    """A fresh IOLoop per test."""
-    yield from fresh_loop()
-
-
-@pytest.fixture
-def serve(io_loop: IOLoop) -> Iterator[Serve]:
-    """Starts runners on free ports; stops them after the test."""
-    yield from serving(io_loop)
 
 
 async def read_stream(conn: Any, message_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
