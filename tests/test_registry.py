@@ -5,23 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
-from wsutil import fresh_loop, stays, until
+from wsutil import stays, until
 
 from tornado_ws_runner.errors import ConnectionGone
 from tornado_ws_runner.registry import Connection, Registry
-
-
-@pytest.fixture
-def io_loop() -> Iterator[IOLoop]:
-    """A fresh IOLoop per test."""
-    yield from fresh_loop()
 
 
 class FakeTransport:
@@ -33,7 +25,7 @@ class FakeTransport:
         self.aborted = False
         self.fail: BaseException | None = None
 
-    def write_message(self, message: Any) -> asyncio.Future[None]:
+    def send_text(self, message: bytes) -> asyncio.Future[None]:
         if self.fail is not None:
             raise self.fail
         future = asyncio.get_running_loop().create_future()

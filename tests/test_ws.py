@@ -205,10 +205,10 @@ async def test_no_message_is_routed_when_on_connect_fails(serve: Any, monkeypatc
     handlers: list[ClientHandler] = []
     original = ClientHandler.on_message
 
-    async def spy(self: ClientHandler, message: str | bytes) -> None:
+    def spy(self: ClientHandler, message: str | bytes) -> Any:
         seen.append(message)
         handlers.append(self)
-        await original(self, message)
+        return original(self, message)
 
     monkeypatch.setattr(ClientHandler, "on_message", spy)
     runner = await serve()

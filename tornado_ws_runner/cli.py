@@ -85,6 +85,7 @@ def _check(settings: RunnerSettings) -> Service:
         environment=settings.environment,
         error_details=settings.error_details,
         handler_timeout=settings.timeouts.handler or None,
+        blocking_warning=settings.timeouts.blocking_warning or None,
     )
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import codecs
 import hmac
 import http
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -141,12 +140,13 @@ def parse_body(body: bytes, content_type: str) -> Any:
         text = body.decode(charset)
     except LookupError:
         raise Problem(400, f"Unknown charset '{charset}'.") from None
-    except UnicodeDecodeError:
+    except UnicodeError:  # idna and punycode fail with a bare UnicodeError
         raise Problem(400, f"The body is not valid {charset} text.") from None
     if not _is_json(content_type):
         return text
     try:
-        return json.loads(text)
+        # NaN, Infinity and 1e400 would reach the client as frames that are not JSON.
+        return protocol.loads(text)
     except (ValueError, RecursionError) as exc:
         raise Problem(400, f"The body is not valid JSON: {exc}") from None
 
@@ -190,6 +190,15 @@ class BaseHandler(tornado.web.RequestHandler):
         lift = getattr(self.request.connection, "set_max_body_size", None)
         if lift is not None:
             lift(2**62)
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """A path or query argument; percent-encoded bytes that are not UTF-8 are a 400
+        that says so (Tornado's own 400 would carry no details)."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            what = f"'{name}'" if name else "The connection id"
+            raise Problem(400, f"{what} is not valid UTF-8 once percent-decoded.") from None
 
     def has_body(self) -> bool:
         headers = self.request.headers
@@ -386,11 +395,11 @@ class _ConnectionRoute(BaseHandler):
             {"statusCode": 200, "headers": forwarded_headers(self.request.headers), "body": body}
         )
         try:
-            await conn.send(frame)
+            size = await conn.send(frame)
         except ConnectionGone:
             postbacks.labels("gone").inc()
             raise Problem(410, f"Connection '{connection_id}' closed before delivery.") from None
-        self.state.metrics.sent(frame)
+        self.state.metrics.sent(size)
         postbacks.labels("delivered").inc()
         self.send_json({"connectionId": conn.id, "delivered": True})
 

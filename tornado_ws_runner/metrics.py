@@ -56,10 +56,10 @@ class Metrics:
         )
         self.messages_in = Counter("twr_messages_in", "Frames received from clients.", registry=r)
         self.messages_out = Counter("twr_messages_out", "Frames sent to clients.", registry=r)
-        self.bytes_in = Counter("twr_bytes_in", "Characters received in client frames.", registry=r)
-        self.bytes_out = Counter(
-            "twr_bytes_out", "Characters sent in frames to clients.", registry=r
+        self.bytes_in = Counter(
+            "twr_bytes_in", "Bytes (characters of text frames) received from clients.", registry=r
         )
+        self.bytes_out = Counter("twr_bytes_out", "Bytes sent in frames to clients.", registry=r)
         self.events = Counter(
             "twr_events",
             "Events processed, by event and status code.",
@@ -73,6 +73,7 @@ class Metrics:
         self.postbacks = Counter(
             "twr_postbacks", "Management postbacks, by outcome.", ["outcome"], registry=r
         )
+        self._event_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         for outcome in POSTBACK_OUTCOMES:  # every outcome is exported from the start, at 0
             self.postbacks.labels(outcome)
 
@@ -83,18 +84,20 @@ class Metrics:
         self.registry.register(_RegistryCounters(counters))
 
     def event_done(self, event: str, known: bool, status: int, seconds: float) -> None:
-        label = event if known else UNROUTED
-        self.events.labels(label, str(status)).inc()
-        self.duration.labels(label).observe(seconds)
+        key = (event if known else UNROUTED, status)
+        children = self._event_children.get(key)
+        if children is None:
+            # Label lookups cost more than the increments; the key set is bounded
+            # (configured names x status codes), so the cache is too.
+            children = (self.events.labels(key[0], str(status)), self.duration.labels(key[0]))
+            self._event_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
-    def sent(self, frame: str) -> None:
+    def sent(self, size: int) -> None:
+        """One frame of ``size`` bytes went out."""
         self.messages_out.inc()
-        self.bytes_out.inc(len(frame))
+        self.bytes_out.inc(size)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def bounded(value: Any, allowed: Iterable[str], other: str = "other") -> str:
-    """``value`` if it is one of ``allowed``, else ``other``: keeps label sets finite."""
-    return value if value in set(allowed) else other

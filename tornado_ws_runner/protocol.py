@@ -8,6 +8,8 @@ between the socket and these functions, so every rule here is tested without soc
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +24,7 @@ __all__ = [
     "dumps",
     "encode",
     "error_frame",
+    "loads",
     "message_id_of",
     "parse_message",
     "stream_chunk",
@@ -34,17 +37,55 @@ CONNECTION_EVENTS = frozenset({"on_connect", "on_disconnect"})
 #: Names the runner or the engine raise themselves; a client message may not use them.
 RESERVED_NAMES = LIFECYCLE_EVENTS | CONNECTION_EVENTS
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-dumps = _encoder.encode
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 #: For frames to clients: NaN and Infinity are not JSON, so they raise ValueError here
 #: (answered as an error) instead of reaching a client's JSON parser.
-strict_dumps = json.JSONEncoder(
+_strict_encode = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
 ).encode
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8_safe(text: str) -> str:
+    """JSON text that encodes to UTF-8: a lone surrogate (which a client can send as a
+    ``"\\ud800"`` escape) is written back as that escape instead of failing the send."""
+    if text.isascii():  # O(1) in CPython
+        return text
+    try:
+        text.encode("utf-8")  # C speed; a regex scan for surrogates costs several times more
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text
+
+
+def dumps(value: Any) -> str:
+    return _utf8_safe(_encode(value))
+
+
+def strict_dumps(value: Any) -> str:
+    return _utf8_safe(_strict_encode(value))
 
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a float (1e400) is, like NaN, not JSON
+    a frame could carry back."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+#: Built once: json.loads with an option builds a new decoder on every call.
+_decode = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite).decode
+
+
+def loads(text: str) -> Any:
+    """Strict JSON: NaN, Infinity and numbers that overflow a float raise ValueError."""
+    return _decode(text)
 
 
 def _bad(message_id: Any, details: str) -> tuple[ErrorResponse, Any]:
@@ -67,7 +108,7 @@ def parse_message(
         except UnicodeDecodeError:
             return _bad(None, "A binary frame must hold UTF-8 text.")
     try:
-        message = json.loads(data, parse_constant=_not_json)
+        message = _decode(data)
     except (ValueError, RecursionError):
         message = None
     if not isinstance(message, dict):

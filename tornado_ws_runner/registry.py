@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -27,7 +27,9 @@ __all__ = ["Connection", "Registry", "Transport"]
 class Transport(Protocol):
     """The part of Tornado's WebSocketHandler a connection uses."""
 
-    def write_message(self, message: str | bytes) -> asyncio.Future[None]: ...
+    def send_text(self, data: bytes) -> Awaitable[None]:
+        """Writes one text frame of UTF-8 ``data``; resolves once it is flushed."""
+        ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
@@ -40,12 +42,6 @@ def _iso(timestamp: float) -> str:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Marks a write's failure as seen, for a write whose sender stopped waiting."""
-    if not future.cancelled():
-        future.exception()
 
 
 class Connection:
@@ -119,8 +115,8 @@ class Connection:
             "subprotocol": self.subprotocol,
         }
 
-    async def send(self, frame: str) -> None:
-        """Hands one text frame to the socket; returns once Tornado has flushed it.
+    async def send(self, frame: str) -> int:
+        """Hands one text frame to the socket; returns its size once it is flushed.
 
         Raises ConnectionGone when the client is gone or goes away meanwhile. The size
         counted is the frame's UTF-8 size: it is encoded here, once, and Tornado sends
@@ -143,11 +139,15 @@ class Connection:
             self.registry.sending.add(self)
         self.pending_bytes += size
         try:
-            write = self.transport.write_message(data)
-            # Shielded: cancelling the sender (a stream cut by a close) must not cancel
-            # Tornado's own write future, which Tornado then reports as an error.
-            write.add_done_callback(_retrieve)
-            await asyncio.shield(write)
+            write = self.transport.send_text(data)
+            # Awaiting a write the socket took at once does not yield to the loop.
+            flushed = isinstance(write, asyncio.Future) and write.done()
+            if asyncio.current_task() in self.streams:
+                # A stream task is cancelled when its client leaves; shielded, that cancel
+                # does not reach the IOStream's future (Tornado would log it as an error).
+                await asyncio.shield(write)
+            else:
+                await write
         except (WebSocketClosedError, StreamClosedError):
             raise ConnectionGone(self.id) from None
         finally:
@@ -157,6 +157,11 @@ class Connection:
                 self.registry.sending.discard(self)
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
+        if flushed:
+            # Yield anyway: a producer whose frames all flush at once would otherwise
+            # keep the loop to itself, and no other connection would be served meanwhile.
+            await asyncio.sleep(0)
+        return size
 
     def mark_closed(self, code: int | None = None) -> bool:
         """Takes the connection out of the registry; True only the first time."""

@@ -146,6 +146,7 @@ class WsRunner:
             environment=s.environment,
             error_details=s.error_details,
             handler_timeout=s.timeouts.handler or None,
+            blocking_warning=s.timeouts.blocking_warning or None,
         )
 
     async def start(self) -> None:
@@ -249,6 +250,7 @@ class WsRunner:
                 reload=True,
                 error_details=self.settings.error_details,
                 handler_timeout=self.settings.timeouts.handler or None,
+                blocking_warning=self.settings.timeouts.blocking_warning or None,
             )
             await service.start()
         except ConfigError as exc:

@@ -86,6 +86,7 @@ class Timeouts:
     ping_interval: float = 20.0  # seconds between keep-alive pings; 0 turns pings off
     ping_timeout: float = 20.0  # seconds to wait for a pong before closing
     drain: float = 10.0  # seconds events in flight may finish at shutdown
+    blocking_warning: float = 0.1  # seconds a sync handler may block the loop unlogged; 0: off
 
 
 @dataclass

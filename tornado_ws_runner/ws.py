@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import tornado.web
@@ -54,14 +54,21 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
                 len(state.registry),
             )
             raise tornado.web.HTTPError(503, reason="Too Many Connections")
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin):
+            state.metrics.rejected.labels("origin").inc()
+            raise tornado.web.HTTPError(403, reason="Forbidden")
         await super().get(*args, **kwargs)
 
-    def check_origin(self, origin: str) -> bool:
+    def _origin_allowed(self, origin: str) -> bool:
         allowed = self.state.settings.limits.allowed_origins
-        if not allowed or origin in allowed or "*" in allowed:
-            return True
-        self.state.metrics.rejected.labels("origin").inc()
-        return False
+        return not allowed or origin in allowed or "*" in allowed
+
+    def check_origin(self, origin: str) -> bool:
+        """Always true: get() has checked Origin against the list already. Tornado 6.6
+        calls this only for what it deems cross-origin (not for Origin equal to Host, nor
+        for Sec-Fetch-Site: same-origin), so the list cannot be enforced here alone."""
+        return True
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return subprotocols[0] if subprotocols else None
@@ -158,6 +165,19 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         response = await state.service.process(event)
         self._log_event(conn, event, response, started)
 
+    def send_text(self, data: bytes) -> Awaitable[None]:
+        """Writes one text frame; the Future is the IOStream's, resolved once flushed.
+
+        ``write_message`` returns this same Future wrapped in a new task (only to turn
+        StreamClosedError into WebSocketClosedError, which Connection.send does itself);
+        a task per frame was the largest single cost of a reply (docs/performance.md).
+        Compression is never negotiated here, so frames carry no flags.
+        """
+        ws = self.ws_connection
+        if ws is None or ws.is_closing():
+            raise tornado.websocket.WebSocketClosedError()
+        return cast(tornado.websocket.WebSocketProtocol13, ws)._write_frame(True, 0x1, data)
+
     def abort(self) -> None:
         """Drops the TCP connection now, for a client that no longer reads."""
         ws = self.ws_connection
@@ -166,23 +186,43 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
 
     # -- messages ----------------------------------------------------------------
 
-    async def on_message(self, message: str | bytes) -> None:
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        """Starts the message's event; returns an awaitable only when it must wait.
+
+        A plain method, not a coroutine: Tornado would wrap a coroutine in one more task
+        per message. When ``max_in_flight`` events are running, the returned awaitable
+        makes Tornado stop reading this client until a slot frees.
+        """
         conn = self.conn
         if conn is None or conn.closing:
-            return
+            return None
         state = self.state
         metrics = state.metrics
         metrics.messages_in.inc()
         metrics.bytes_in.inc(len(message))
         conn.last_active_at = time.time()
-        while conn.in_flight >= state.settings.limits.max_in_flight:
+        if conn.in_flight >= state.settings.limits.max_in_flight:
+            return self._start_when_free(conn, message)
+        self._start(conn, message)
+        return None
+
+    def _start(self, conn: Connection, message: str | bytes) -> None:
+        if self.state.phase is not Phase.READY:
+            # Shutting down: the drain waits for the events already taken up; one started
+            # now could be cut by the 1001 close with its reply lost. Not taken up, the
+            # message goes unanswered and the 1001 tells the client so.
+            return
+        conn.in_flight += 1
+        self.state.track(asyncio.ensure_future(self._handle(conn, message)))
+
+    async def _start_when_free(self, conn: Connection, message: str | bytes) -> None:
+        while conn.in_flight >= self.state.settings.limits.max_in_flight:
             if conn.slot_free is None or conn.slot_free.done():
                 conn.slot_free = asyncio.get_running_loop().create_future()
             await conn.slot_free
             if conn.closing:
                 return
-        conn.in_flight += 1
-        state.track(asyncio.ensure_future(self._handle(conn, message)))
+        self._start(conn, message)
 
     async def _handle(self, conn: Connection, message: str | bytes) -> None:
         try:
@@ -214,8 +254,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             return protocol.encode(error, message_id)
 
     async def _send(self, conn: Connection, frame: str) -> None:
-        await conn.send(frame)
-        self.state.metrics.sent(frame)
+        self.state.metrics.sent(await conn.send(frame))
 
     def _log_event(
         self, conn: Connection, event: Event, response: Response, started: float

@@ -57,8 +57,8 @@ class Event:
     # attributes (event.user = ...) as Node handlers do; the dict exists only if used.
     __slots__ = (
         "__dict__",
-        "correlation_id",
-        "id",
+        "_correlation_id",
+        "_id",
         "identity",
         "method",
         "name",
@@ -70,14 +70,15 @@ class Event:
     )
 
     def __init__(self, request: Request, identity: Identity | None = None) -> None:
-        self.id = str(uuid.uuid4())
+        self._id: str | None = None
         query = request.query
+        self._correlation_id: str | None
         if "correlationid" in query:
-            self.correlation_id = str(query["correlationid"])
+            self._correlation_id = str(query["correlationid"])
         elif "correlation-id" in request.headers:
-            self.correlation_id = str(request.headers["correlation-id"])
+            self._correlation_id = str(request.headers["correlation-id"])
         else:
-            self.correlation_id = self.id
+            self._correlation_id = None
         self.request = request
         self.method = request.method
         self.version: str | None = None
@@ -93,7 +94,23 @@ class Event:
             self.params.update(query)
 
     @property
-    def correlationId(self) -> str:
+    def id(self) -> str:
+        """A UUID v4, made when first asked for: most events never need one."""
+        if self._id is None:
+            self._id = str(uuid.uuid4())
+        return self._id
+
+    @property
+    def correlation_id(self) -> str:
+        """The query's ``correlationid``, else the ``correlation-id`` header, else the id."""
+        return self._correlation_id if self._correlation_id is not None else self.id
+
+    @correlation_id.setter
+    def correlation_id(self, value: str) -> None:
+        self._correlation_id = value
+
+    @property
+    def correlationId(self) -> str:  # the Node engine's name
         return self.correlation_id
 
     def _name_from_path(self, path: str) -> str:

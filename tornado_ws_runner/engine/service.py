@@ -54,9 +54,22 @@ _BAD_INPUT = (json.JSONDecodeError, SyntaxError, BadInput)
 
 
 class Policy:
-    """One resolved step of a chain: the handler and its configured parameters."""
+    """One resolved step of a chain: the handler and its configured parameters.
 
-    __slots__ = ("copy_parameters", "handler", "name", "parameters", "trace")
+    ``blocking_warning`` (seconds, None for none; the Service sets it) is how long a call
+    of a sync handler may take before a warning says it blocked the event loop: a sync
+    handler runs on the loop, so while it runs no other connection is served.
+    """
+
+    __slots__ = (
+        "blocking_warning",
+        "copy_parameters",
+        "handler",
+        "is_async",
+        "name",
+        "parameters",
+        "trace",
+    )
 
     def __init__(
         self, name: str, handler: Callable[..., Any], parameters: tuple[Any, ...], trace: bool
@@ -67,10 +80,28 @@ class Policy:
         # Handlers may change a dict or list they are given; copies keep events apart.
         self.copy_parameters = any(isinstance(p, (dict, list)) for p in parameters)
         self.trace = trace
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self.blocking_warning: float | None = None
 
     async def run(self, event: Event) -> Any:
         parameters = copy.deepcopy(self.parameters) if self.copy_parameters else self.parameters
-        result = self.handler(event, *parameters)
+        if self.is_async:
+            return await self.handler(event, *parameters)
+        if self.blocking_warning:
+            started = time.perf_counter()
+            try:
+                result = self.handler(event, *parameters)
+            finally:  # a handler that blocked, then raised, blocked all the same
+                blocked = time.perf_counter() - started
+                if blocked > self.blocking_warning:
+                    engine_log.warning(
+                        "handler %s of event %s blocked the event loop for %.3fs",
+                        self.name,
+                        event.name or "(unnamed)",
+                        blocked,
+                    )
+        else:
+            result = self.handler(event, *parameters)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -137,7 +168,9 @@ class Service:
     ``handler_timeout`` (seconds, None for none) bounds each event's main chain; past
     it the event answers 504. It cannot interrupt a handler that blocks the event loop.
     ``error_details`` puts tracebacks into error bodies; off by default, because they
-    reveal code and file paths to clients.
+    reveal code and file paths to clients. ``blocking_warning`` (seconds, None or 0 for
+    none) logs a warning naming any sync handler whose call took longer: it blocked the
+    event loop, so every connection waited meanwhile.
     """
 
     def __init__(
@@ -147,11 +180,16 @@ class Service:
         *,
         error_details: bool = False,
         handler_timeout: float | None = None,
+        blocking_warning: float | None = None,
     ) -> None:
         self.config = config
         self.routes = routes
         self.error_details = error_details
         self.handler_timeout = handler_timeout
+        self.blocking_warning = blocking_warning or None
+        for route in routes.values():
+            for policy in route.policies:
+                policy.blocking_warning = self.blocking_warning
         self._started: asyncio.Future[None] | None = None
         self._ready = "on_first_request" not in routes
         self._first_lock: asyncio.Lock | None = None
@@ -165,6 +203,7 @@ class Service:
         reload: bool = False,
         error_details: bool = False,
         handler_timeout: float | None = None,
+        blocking_warning: float | None = None,
     ) -> Service:
         config = load_api_config(path, environment)
         return cls(
@@ -172,6 +211,7 @@ class Service:
             build_routes(config, reload),
             error_details=error_details,
             handler_timeout=handler_timeout,
+            blocking_warning=blocking_warning,
         )
 
     def has_event(self, name: str) -> bool:
@@ -280,7 +320,9 @@ class Service:
             response = ErrorResponse(error.public_message, error.status_code)
             response.error = error
         elif isinstance(error, _BAD_INPUT):
-            response = ErrorResponse("Bad Request.", 400, str(error))
+            # A SyntaxError's str() names the file and line: only its message goes out.
+            detail = error.msg if isinstance(error, SyntaxError) else str(error)
+            response = ErrorResponse("Bad Request.", 400, detail)
         else:
             status = getattr(error, "status_code", None) or getattr(error, "statusCode", None)
             if isinstance(status, int) and 400 <= status <= 599:
