@@ -115,12 +115,13 @@ class Connection:
             "subprotocol": self.subprotocol,
         }
 
-    async def send(self, frame: str) -> int:
+    async def send(self, frame: str, last: bool = False) -> int:
         """Hands one text frame to the socket; returns its size once it is flushed.
 
         Raises ConnectionGone when the client is gone or goes away meanwhile. The size
         counted is the frame's UTF-8 size: it is encoded here, once, and Tornado sends
-        the bytes as they are (still a text frame).
+        the bytes as they are (still a text frame). ``last``: the caller's task ends with
+        this frame, so it need not give other connections a turn afterwards.
         """
         if self.closing:
             raise ConnectionGone(self.id)
@@ -157,9 +158,10 @@ class Connection:
                 self.registry.sending.discard(self)
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
-        if flushed:
-            # Yield anyway: a producer whose frames all flush at once would otherwise
-            # keep the loop to itself, and no other connection would be served meanwhile.
+        if flushed and not last:
+            # ``last``: the caller's task ends with this frame, so it cannot hog the loop.
+            # Otherwise yield anyway: a producer whose frames all flush at once would keep
+            # the loop to itself, and no other connection would be served meanwhile.
             await asyncio.sleep(0)
         return size
 

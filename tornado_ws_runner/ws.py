@@ -105,15 +105,15 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         state.metrics.opened.inc()
         if settings.logging.access:
             access_log.info("%s open from %s (%s)", conn.id, conn.source_ip, conn.user_agent or "-")
+        if not state.service.has_event("on_connect"):
+            conn.accepted = True
+            return
         headers = {k: ", ".join(request.headers.get_list(k)) for k in request.headers}
         url = urlsplit(request.uri or "/")
         query = {k: v[0].decode("utf-8", "replace") for k, v in request.query_arguments.items()}
         connect = Event(
             protocol.connect_request("on_connect", headers, query, url.path, conn.headers)
         )
-        if not state.service.has_event("on_connect"):
-            conn.accepted = True
-            return
         started = time.perf_counter()
         # A tracked task: shutdown drains on_connect like any event in flight, and a
         # close meanwhile runs on_disconnect only after it (see _disconnect).
@@ -197,9 +197,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         if conn is None or conn.closing:
             return None
         state = self.state
-        metrics = state.metrics
-        metrics.messages_in.inc()
-        metrics.bytes_in.inc(len(message))
+        state.metrics.received(len(message))
         conn.last_active_at = time.time()
         if conn.in_flight >= state.settings.limits.max_in_flight:
             return self._start_when_free(conn, message)
@@ -213,7 +211,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             # message goes unanswered and the 1001 tells the client so.
             return
         conn.in_flight += 1
-        self.state.track(asyncio.ensure_future(self._handle(conn, message)))
+        # In state.tasks for the shutdown drain; _handle takes itself out (cheaper than a
+        # done callback per message).
+        self.state.tasks.add(asyncio.ensure_future(self._handle(conn, message)))
 
     async def _start_when_free(self, conn: Connection, message: str | bytes) -> None:
         while conn.in_flight >= self.state.settings.limits.max_in_flight:
@@ -228,7 +228,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         try:
             request, message_id = protocol.parse_message(message, conn.headers)
             if isinstance(request, ErrorResponse):
-                await self._send(conn, protocol.encode(request, message_id))
+                await self._send(conn, protocol.encode(request, message_id), last=True)
                 return
             event = Event(request, identity=conn.identity)
             started = time.perf_counter()
@@ -237,10 +237,11 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             if isinstance(response, StreamResponse):
                 await self._stream(conn, response, message_id)
             else:
-                await self._send(conn, self._encode(response, message_id))
+                await self._send(conn, self._encode(response, message_id), last=True)
         except ConnectionGone:
             pass
         finally:
+            self.state.tasks.discard(asyncio.current_task())
             conn.in_flight -= 1
             if conn.slot_free is not None and not conn.slot_free.done():
                 conn.slot_free.set_result(None)
@@ -253,8 +254,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             error = self.state.service.error_response(exc)
             return protocol.encode(error, message_id)
 
-    async def _send(self, conn: Connection, frame: str) -> None:
-        self.state.metrics.sent(await conn.send(frame))
+    async def _send(self, conn: Connection, frame: str, last: bool = False) -> None:
+        self.state.metrics.sent(await conn.send(frame, last))
 
     def _log_event(
         self, conn: Connection, event: Event, response: Response, started: float
