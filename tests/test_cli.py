@@ -103,6 +103,11 @@ def _invalid_yaml(app: Path) -> tuple[list[str], list[str]]:
     return [], [f"{app / 'config.yaml'}:3:", "invalid YAML"]
 
 
+def _unknown_event_loop(app: Path) -> tuple[list[str], list[str]]:
+    write_runner(app, "event_loop: uvlop\n")
+    return [], ["runner.yaml:5:", "event_loop", "'uvlop' is not one of", "did you mean 'uvloop'"]
+
+
 BAD_CONFIGS: dict[str, Callable[[Path], tuple[list[str], list[str]]]] = {
     "unknown key": _unknown_key,
     "wrong type": _wrong_type,
@@ -113,6 +118,7 @@ BAD_CONFIGS: dict[str, Callable[[Path], tuple[list[str], list[str]]]] = {
     "port out of range on the command line": _port_out_of_range_flag,
     "unknown handler in config.yaml": _unknown_handler,
     "invalid YAML in config.yaml": _invalid_yaml,
+    "unknown event loop": _unknown_event_loop,
 }
 
 

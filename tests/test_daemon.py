@@ -10,13 +10,16 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from procutil import (
     DEADLINE,
     Spawner,
     call,
     clean_env,
     connect,
+    copy_app,
     parse_ports,
     pid_alive,
     run_cli,
@@ -324,6 +327,30 @@ def test_foreground_pidfile_is_written_and_removed(
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0, daemon.output
     assert not pidfile.exists()
+
+
+# -- event loop ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "choice, expected", [("asyncio", "asyncio"), ("uvloop", "uvloop"), ("auto", "uvloop")]
+)
+def test_event_loop_setting_picks_the_loop_that_serves(
+    tmp_path: Path, choice: str, expected: str, spawn: Spawner
+) -> None:
+    """event_loop: asyncio/uvloop/auto runs the daemon on that loop, and it serves."""
+    app = copy_app(tmp_path)
+    write_runner(app, extra=f"event_loop: {choice}\n")
+    daemon = spawn.serving("--conf", str(app / "runner.yaml"))
+    daemon.wait_for(rf"running on the {expected} event loop")
+
+    async def scenario() -> Any:
+        ws = await connect(daemon.url)
+        return (await call(ws, "echo", {"loop": choice}))["body"]
+
+    assert asyncio.run(scenario()) == {"loop": choice}
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0, daemon.output
 
 
 # -- access log ----------------------------------------------------------------------

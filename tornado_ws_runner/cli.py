@@ -8,7 +8,6 @@ start (a port in use names the port). Expected failures print no traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -20,7 +19,7 @@ from .errors import ConfigError, ConfigIssue, StartupError
 from .log import configure, runner_log
 from .management import read_management_token
 from .pidfile import PidFile
-from .runner import WsRunner
+from .runner import WsRunner, run_on_loop
 from .settings import RunnerSettings, load_settings, tls_context
 from .systemd import Notifier
 
@@ -130,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         notifier = Notifier()
         try:
-            asyncio.run(runner.serve(notifier))
+            run_on_loop(runner.serve(notifier), settings.event_loop)
         finally:
             notifier.close()
             if pidfile is not None:

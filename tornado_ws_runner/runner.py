@@ -12,7 +12,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import tornado.httpserver
@@ -46,6 +46,23 @@ def _bind(host: str, port: int, what: str) -> list[socket.socket]:
                 f"cannot listen for {what} on {host}:{port}: port {port} is in use"
             ) from None
         raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+
+
+def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str = "auto") -> None:
+    """``asyncio.run`` on the chosen loop: uvloop when asked for, or with ``auto`` when
+    it is installed (Tornado then runs on it unchanged; docs/performance.md has its gain).
+    """
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise StartupError("event_loop: uvloop is not installed") from None
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main)
+            return
+    asyncio.run(main)
 
 
 class WsRunner:
@@ -90,7 +107,7 @@ class WsRunner:
             s.tls.key, s.tls.cert = key, cert
         if management_port is not None:
             s.management.port = management_port
-        asyncio.run(self.serve())
+        run_on_loop(self.serve(), s.event_loop)
 
     async def serve(self, notify: Notify | None = None) -> None:
         """Starts, serves until a stop signal, and stops; SIGHUP reloads the API config."""
@@ -181,6 +198,8 @@ class WsRunner:
             self._sweeper = PeriodicCallback(registry.sweep, interval)
             self._sweeper.start()
         state.phase = Phase.READY
+        loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        runner_log.info("running on the %s event loop", loop_kind)
         runner_log.info(
             "serving %s on %s", s.api, ", ".join(f"{k} :{v}" for k, v in self.ports.items())
         )

@@ -9,6 +9,7 @@ missing file), each naming runner.yaml and the key.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import ssl
 import types
@@ -103,6 +104,7 @@ class RunnerSettings:
     api: str = "config.yaml"  # the Configurapi config; relative to runner.yaml
     environment: str | None = None  # the name matched by `when:`; default from the env
     error_details: bool = False  # tracebacks in error bodies: for development only
+    event_loop: str = "auto"  # asyncio, uvloop, or auto (uvloop when it is installed)
     listen: Listen = field(default_factory=Listen)
     tls: Tls = field(default_factory=Tls)
     management: Management = field(default_factory=Management)
@@ -124,6 +126,7 @@ def read_token(management: Management) -> str | None:
     return None
 
 
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 _LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 _PORT_FIELDS = {"port"}
 _PATH_FIELDS = {
@@ -202,6 +205,10 @@ def _fill(
 
 
 def _range_problem(key: str, value: Any) -> str | None:
+    if key == "event_loop" and value not in EVENT_LOOPS:
+        return f"'{value}' is not one of {', '.join(EVENT_LOOPS)}{suggest(value, EVENT_LOOPS)}"
+    if key == "event_loop" and value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        return "uvloop is not installed (pip install uvloop)"
     if key in _PORT_FIELDS and not 0 <= value <= 65535:
         return f"{value} is not a port (0-65535)"
     if key == "level" and str(value).lower() not in _LOG_LEVELS:
