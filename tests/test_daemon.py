@@ -172,7 +172,7 @@ def test_sighup_swaps_handlers_and_keeps_the_old_config_when_the_new_one_fails(
         assert (await call(ws, "version"))["body"] == "v1"
 
         # An edit made a while after the start (mtime 2 s on), as an operator's would be;
-        # see the xfail test below for one made within the same second.
+        # test_sighup_sees_a_same_size_edit_with_the_same_mtime covers a same-second edit.
         later = version.stat().st_mtime_ns + 2_000_000_000
         _rewrite(version, '"v1"', '"v2"', later)
         await reload(r"reloaded \S+config\.yaml")
