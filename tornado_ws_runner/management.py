@@ -23,9 +23,7 @@ arrives and answered 413 as soon as it passes the limit.
 
 from __future__ import annotations
 
-import codecs
 import hmac
-import http
 from collections.abc import Callable
 from typing import Any
 
@@ -36,119 +34,15 @@ from . import protocol
 from .errors import ConfigError, ConfigIssue, ConnectionGone
 from .log import management_log
 from .metrics import CONTENT_TYPE
+from .postback_rules import JSON_TYPE, Problem, forwarded_headers, message, parse_body
 from .registry import Connection
 from .settings import RunnerSettings
 from .state import Phase, RunnerState
 
-__all__ = [
-    "FILTERED_HEADERS",
-    "forwarded_headers",
-    "make_management_app",
-    "parse_body",
-    "read_management_token",
-]
+__all__ = ["make_management_app", "read_management_token"]
 
-JSON_TYPE = "application/json"
 CLOSE_REASON = "closed by management"
-#: HTTP transport, hop-by-hop, proxy and credential headers: never forwarded to a client.
-FILTERED_HEADERS = frozenset(
-    {
-        "accept",
-        "accept-charset",
-        "accept-encoding",
-        "accept-language",
-        "authorization",
-        "connection",
-        "content-length",
-        "cookie",
-        "expect",
-        "forwarded",
-        "host",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "user-agent",
-        "via",
-        "x-real-ip",
-    }
-)
-_FILTERED_PREFIXES = ("proxy-", "x-forwarded-")
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-#: Phrases that changed between Python versions (413 was "Request Entity Too Large").
-_PHRASES = {413: "Payload Too Large"}
-
-
-def _phrase(status: int) -> str:
-    try:
-        return _PHRASES.get(status) or http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def _message(status: int) -> str:
-    return _phrase(status) + "."
-
-
-class Problem(tornado.web.HTTPError):
-    """An expected error answer: its status, a short message and the details."""
-
-    def __init__(
-        self, status: int, details: str = "", headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(status, reason=_phrase(status))
-        self.details = details
-        self.headers = headers or {}
-
-
-def forwarded_headers(headers: tornado.httputil.HTTPHeaders) -> dict[str, str]:
-    """The request's headers, lower-cased, less the transport headers; repeats joined."""
-    forwarded: dict[str, str] = {}
-    for name in headers:
-        key = name.lower()
-        if key in FILTERED_HEADERS or key.startswith(_FILTERED_PREFIXES):
-            continue
-        forwarded[key] = ", ".join(headers.get_list(name))
-    return forwarded
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == JSON_TYPE or (media.startswith("application/") and media.endswith("+json"))
-
-
-def _charset(content_type: str) -> str:
-    for part in content_type.split(";")[1:]:
-        name, _, value = part.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"'):
-            return value.strip().strip('"')
-    return "utf-8"
-
-
-def parse_body(body: bytes, content_type: str) -> Any:
-    """The body a POST delivers: parsed JSON when the content type says JSON, else text.
-
-    Raises ``Problem(400)`` for a body that claims JSON and is not, or text that is not
-    in its declared charset (UTF-8 by default). An empty text body is ``""``.
-    """
-    charset = _charset(content_type)
-    try:
-        codecs.lookup(charset)
-        text = body.decode(charset)
-    except LookupError:
-        raise Problem(400, f"Unknown charset '{charset}'.") from None
-    except UnicodeError:  # idna and punycode fail with a bare UnicodeError
-        raise Problem(400, f"The body is not valid {charset} text.") from None
-    if not _is_json(content_type):
-        return text
-    try:
-        # NaN, Infinity and 1e400 would reach the client as frames that are not JSON.
-        return protocol.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise Problem(400, f"The body is not valid JSON: {exc}") from None
 
 
 @tornado.web.stream_request_body
@@ -300,7 +194,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.close_after:
             self.set_header("Connection", "close")
         self.set_header("Content-Type", JSON_TYPE)
-        body = {"statusCode": status_code, "message": _message(status_code), "details": details}
+        body = {"statusCode": status_code, "message": message(status_code), "details": details}
         self.finish(protocol.dumps(body))
 
     def allowed_methods(self) -> list[str]:
