@@ -38,6 +38,7 @@ from wsutil import (
     recv,
     registry,
     send,
+    settle,
     stays,
     tornado_connect,
     until,
@@ -81,19 +82,6 @@ def send_close(raw: RawClient, code: int = 1000) -> None:
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     raw.writer.write(struct.pack("!BB", 0x88, 0x80 | len(payload)) + mask + masked)
-
-
-async def settle(value: Callable[[], int], window: float = 0.2, timeout: float = 10.0) -> int:
-    """Waits (bounded) until ``value()`` has not changed for ``window`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last, since = value(), loop.time()
-    while loop.time() - since < window:
-        assert loop.time() < deadline, f"still changing after {timeout}s: {value()}"
-        await asyncio.sleep(0.01)
-        if value() != last:
-            last, since = value(), loop.time()
-    return last
 
 
 # -- handler faults -----------------------------------------------------------------------

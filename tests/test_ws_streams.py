@@ -4,7 +4,6 @@ backpressure, the per-connection send bound, slow and vanishing clients."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from wsutil import (
     recv,
     registry,
     send,
+    settle,
     tornado_connect,
     until,
     websockets_connect,
@@ -37,20 +37,6 @@ async def read_stream(conn: Any, message_id: str) -> tuple[list[dict[str, Any]],
             return chunks, frame
         assert frame["headers"]["x-stream"] == "chunk"
         chunks.append(frame)
-
-
-async def settle(value: Callable[[], int], window: float = 0.25, timeout: float = 10.0) -> int:
-    """Waits (bounded) until ``value()`` stops changing for ``window`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last, since = value(), loop.time()
-    while loop.time() - since < window:
-        assert loop.time() < deadline, f"still changing after {timeout}s: {value()}"
-        await asyncio.sleep(0.01)
-        now = value()
-        if now != last:
-            last, since = now, loop.time()
-    return last
 
 
 class Sampler:

@@ -331,3 +331,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def settle(value: Callable[[], int], window: float = 0.25, timeout: float = 10.0) -> int:
+    """Waits (bounded) until ``value()`` has not changed for ``window`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last, since = value(), loop.time()
+    while loop.time() - since < window:
+        assert loop.time() < deadline, f"still changing after {timeout}s: {value()}"
+        await asyncio.sleep(0.01)
+        now = value()
+        if now != last:
+            last, since = now, loop.time()
+    return last
