@@ -25,7 +25,6 @@ __all__ = [
     "encode",
     "error_frame",
     "loads",
-    "message_id_of",
     "parse_message",
     "stream_chunk",
     "stream_done",
@@ -138,10 +137,6 @@ def parse_message(
         name or None, headers=headers, params=params, query=query, payload=message.get("payload")
     )
     return request, message_id
-
-
-def message_id_of(request: Request) -> Any:
-    return request.headers.get("message-id")
 
 
 def connect_request(

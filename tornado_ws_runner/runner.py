@@ -79,7 +79,6 @@ class WsRunner:
         self._servers: list[tornado.httpserver.HTTPServer] = []
         self._management: tornado.httpserver.HTTPServer | None = None
         self._sweeper: PeriodicCallback | None = None
-        self._stop_requested: asyncio.Event | None = None
         self._sockets: dict[str, list[socket.socket]] = {}
         self._tls_context: ssl.SSLContext | None = None
 
@@ -113,7 +112,7 @@ class WsRunner:
         """Starts, serves until a stop signal, and stops; SIGHUP reloads the API config."""
         notify = notify or (lambda _: None)
         loop = asyncio.get_running_loop()
-        self._stop_requested = stop = asyncio.Event()
+        stop = asyncio.Event()
         reloads: set[asyncio.Task[Any]] = set()
         started = False
 
@@ -142,10 +141,6 @@ class WsRunner:
             if started:
                 notify("STOPPING=1")
                 await self.stop()
-
-    def request_stop(self) -> None:
-        if self._stop_requested is not None:
-            self._stop_requested.set()
 
     async def _reload_notified(self, notify: Notify) -> None:
         notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import BadInput, ConfigError, ConfigIssue, RunnerError
+from ..errors import ConfigError, ConfigIssue, RunnerError
 from ..log import TRACE, engine_log
 from .config import LOG_LEVELS, ApiConfig, EventSpec, load_api_config, suggest
 from .event import Event, Request
@@ -50,7 +50,8 @@ LIFECYCLE_EVENTS = frozenset(
     }
 )
 _RANK = {level: rank for rank, level in enumerate(LOG_LEVELS)}
-_BAD_INPUT = (json.JSONDecodeError, SyntaxError, BadInput)
+#: Bad input raised in the pipeline (a RunnerError such as BadInput maps earlier).
+_BAD_INPUT = (json.JSONDecodeError, SyntaxError)
 
 
 class Policy:
