@@ -49,14 +49,16 @@ api:
         - setResponseBodyHandler: ["$($event.payload)"]
 """
 
-CHAIN_HANDLERS = '''\
+CHAIN_HANDLERS = """\
 def tagHandler(event):
     event.response.status_code = 200
     event.response.headers["x-tag"] = "tagged"
-'''
+"""
 
 
-def _report(name: str, per_rep: list[float], n: int, as_json: bool, extra: dict | None = None) -> None:
+def _report(
+    name: str, per_rep: list[float], n: int, as_json: bool, extra: dict | None = None
+) -> None:
     rates = [n / s for s in per_rep]
     med = statistics.median(rates)
     line = (
@@ -65,9 +67,15 @@ def _report(name: str, per_rep: list[float], n: int, as_json: bool, extra: dict 
     )
     print(line, flush=True)
     if as_json:
-        record = {"figure": name, "events": n, "reps": len(per_rep),
-                  "median_events_per_s": med, "us_per_event": 1e6 / med,
-                  "rates": rates, **(extra or {})}
+        record = {
+            "figure": name,
+            "events": n,
+            "reps": len(per_rep),
+            "median_events_per_s": med,
+            "us_per_event": 1e6 / med,
+            "rates": rates,
+            **(extra or {}),
+        }
         print(json.dumps(record), flush=True)
 
 
@@ -114,14 +122,20 @@ async def bench_protocol(reps: int, n: int, as_json: bool) -> None:
     }
     body = "x" * 64
     texts = [
-        json.dumps({"name": "echo", "headers": {"message-id": f"m{i}"}, "payload": body},
-                   separators=(",", ":"))
+        json.dumps(
+            {"name": "echo", "headers": {"message-id": f"m{i}"}, "payload": body},
+            separators=(",", ":"),
+        )
         for i in range(1024)
     ]
     # sanity
     req, mid = protocol.parse_message(texts[0], conn_headers)
     frame = protocol.encode(await service.process(Event(req)), mid)
-    assert json.loads(frame) == {"statusCode": 200, "headers": {"message-id": "m0"}, "body": body}, frame
+    assert json.loads(frame) == {
+        "statusCode": 200,
+        "headers": {"message-id": "m0"},
+        "body": body,
+    }, frame
 
     async def full(count: int) -> None:
         for i in range(count):
@@ -138,8 +152,12 @@ async def bench_protocol(reps: int, n: int, as_json: bool) -> None:
     _report("protocol: parse->process->encode", times, n, as_json)
 
     # The same path, one stage at a time (medians of `reps`, us per message).
-    stages: dict[str, list[float]] = {"parse_message": [], "Event()": [],
-                                      "service.process": [], "encode": []}
+    stages: dict[str, list[float]] = {
+        "parse_message": [],
+        "Event()": [],
+        "service.process": [],
+        "encode": [],
+    }
     for _ in range(reps):
         t0 = time.perf_counter()
         parsed = [protocol.parse_message(texts[i & 1023], conn_headers) for i in range(n)]
@@ -148,10 +166,10 @@ async def bench_protocol(reps: int, n: int, as_json: bool) -> None:
         t2 = time.perf_counter()
         responses = [await service.process(e) for e in events]
         t3 = time.perf_counter()
-        for response, (_, message_id) in zip(responses, parsed):
+        for response, (_, message_id) in zip(responses, parsed, strict=False):
             protocol.encode(response, message_id)
         t4 = time.perf_counter()
-        for key, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        for key, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=False):
             stages[key].append(seconds * 1e6 / n)
         del parsed, events, responses
     med = {k: statistics.median(v) for k, v in stages.items()}
@@ -172,8 +190,11 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="also print one JSON line per figure")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed)")
     args = p.parse_args()
-    print(f"tornado_ws_runner {tornado_ws_runner.__version__}, Python {platform.python_version()}"
-          f" ({sys.executable}), {args.reps} reps x {args.events:,} events", flush=True)
+    print(
+        f"tornado_ws_runner {tornado_ws_runner.__version__}, Python {platform.python_version()}"
+        f" ({sys.executable}), {args.reps} reps x {args.events:,} events",
+        flush=True,
+    )
 
     async def run() -> None:
         if args.mode in ("engine", "both"):
@@ -183,6 +204,7 @@ def main() -> int:
 
     if args.uvloop:
         import uvloop  # not a dependency of the package; the bench's venv has it
+
         uvloop.run(run())
     else:
         asyncio.run(run())
