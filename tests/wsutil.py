@@ -295,19 +295,28 @@ class RawClient:
         client.status = int(head.split(b" ", 2)[1])
         return client
 
-    async def send_text(self, text: str) -> None:
-        payload = text.encode()
+    @staticmethod
+    def frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+        """One masked client frame, as RFC 6455 section 5.2 lays it out."""
         mask = os.urandom(4)
         n = len(payload)
+        first = (0x80 if fin else 0) | opcode
         if n < 126:
-            header = struct.pack("!BB", 0x81, 0x80 | n)
+            header = struct.pack("!BB", first, 0x80 | n)
         elif n < 65536:
-            header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+            header = struct.pack("!BBH", first, 0x80 | 126, n)
         else:
-            header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+            header = struct.pack("!BBQ", first, 0x80 | 127, n)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(header + mask + masked)
+        return header + mask + masked
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Writes ``data`` as it is: any number of frames, or a part of one."""
+        self.writer.write(data)
         await self.writer.drain()
+
+    async def send_text(self, text: str) -> None:
+        await self.send_bytes(self.frame(text.encode()))
 
     async def read_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
         """(opcode, payload) of the next server frame; server frames are not masked."""

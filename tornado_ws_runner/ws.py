@@ -21,6 +21,7 @@ import tornado.websocket
 from . import protocol
 from .engine import ErrorResponse, Event, Response, StreamResponse
 from .errors import ConnectionGone
+from .frames import BufferedProtocol13
 from .log import access_log, runner_log
 from .registry import Connection
 from .state import Phase, RunnerState
@@ -72,6 +73,15 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return subprotocols[0] if subprotocols else None
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        """Tornado's protocol with the buffered frame reader (frames.py)."""
+        tornado_protocol = super().get_websocket_protocol()
+        if tornado_protocol is None:
+            return None
+        return BufferedProtocol13(
+            self, cast(tornado.websocket.WebSocketProtocol13, tornado_protocol).params
+        )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.finish(protocol.error_frame(status_code, self._reason, "", None))
@@ -176,7 +186,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         ws = self.ws_connection
         if ws is None or ws.is_closing():
             raise tornado.websocket.WebSocketClosedError()
-        return cast(tornado.websocket.WebSocketProtocol13, ws)._write_frame(True, 0x1, data)
+        return cast(BufferedProtocol13, ws).write_text(data)
 
     def abort(self) -> None:
         """Drops the TCP connection now, for a client that no longer reads."""

@@ -1,0 +1,106 @@
+"""The buffered frame reader (frames.py) over a real socket: frames cut at any byte,
+several frames in one write, all three length encodings, fragmentation with control
+frames in between, bytes read past a frame kept for the next."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from wsutil import PROBE, RawClient, Serve, until
+
+from tornado_ws_runner.frames import READ_CHUNK
+
+
+def echo(message_id: str, payload: str = "") -> str:
+    return json.dumps({"name": "echo", "headers": {"message-id": message_id}, "payload": payload})
+
+
+async def reply(raw: RawClient) -> dict[str, Any]:
+    opcode, data = await raw.read_frame()
+    assert opcode == 0x1, f"a text frame, not opcode {opcode:#x}"
+    return json.loads(data)
+
+
+async def connected(serve: Serve, path: str = "/frames", **sections: object) -> RawClient:
+    runner = await serve(**sections)
+    raw = await RawClient.connect(runner.ports["listen"], path)
+    assert raw.status == 101
+    return raw
+
+
+async def test_several_frames_in_one_write_are_each_answered_in_order(serve: Serve) -> None:
+    """Three frames arriving in one TCP write get three replies, ids in order."""
+    raw = await connected(serve)
+    await raw.send_bytes(b"".join(RawClient.frame(echo(f"m{i}").encode()) for i in range(3)))
+    ids = [(await reply(raw))["headers"]["message-id"] for _ in range(3)]
+    assert ids == ["m0", "m1", "m2"]
+    raw.abort()
+
+
+async def test_a_frame_written_one_byte_at_a_time_is_answered(serve: Serve) -> None:
+    """A frame split at every byte (header, length, mask, payload) is put back together."""
+    raw = await connected(serve)
+    data = RawClient.frame(echo("slow", "x" * 200).encode())  # a 16-bit length: 4-byte header
+    for i in range(len(data)):
+        await raw.send_bytes(data[i : i + 1])
+    answer = await reply(raw)
+    assert answer["headers"]["message-id"] == "slow"
+    assert answer["body"]["payload"] == "x" * 200
+    raw.abort()
+
+
+async def test_every_length_encoding_round_trips(serve: Serve) -> None:
+    """7-bit, 16-bit and 64-bit payload lengths, below and above the read sizes."""
+    raw = await connected(serve, limits={"max_message_size": 4 * READ_CHUNK})
+    for size in (0, 100, 125, 126, 4000, 60_000, READ_CHUNK + 1, 3 * READ_CHUNK):
+        await raw.send_text(echo(str(size), "y" * size))
+        answer = await reply(raw)
+        assert answer["headers"]["message-id"] == str(size)
+        assert answer["body"]["payload"] == "y" * size, f"payload of {size} characters"
+    raw.abort()
+
+
+async def test_a_large_frame_then_small_ones_in_the_same_write(serve: Serve) -> None:
+    """Bytes read past a large frame are kept for the next frames, not lost."""
+    raw = await connected(serve)
+    big = RawClient.frame(echo("big", "z" * (2 * READ_CHUNK)).encode())
+    small = b"".join(RawClient.frame(echo(f"s{i}").encode()) for i in range(5))
+    await raw.send_bytes(big + small)
+    ids = [(await reply(raw))["headers"]["message-id"] for _ in range(6)]
+    assert ids == ["big", "s0", "s1", "s2", "s3", "s4"]
+    raw.abort()
+
+
+async def test_a_fragmented_message_with_a_ping_in_between(serve: Serve) -> None:
+    """Fragments are joined; a ping between them is answered with its pong first."""
+    raw = await connected(serve)
+    text = echo("frag", "abcdef").encode()
+    parts = [text[:10], text[10:20], text[20:]]
+    await raw.send_bytes(
+        RawClient.frame(parts[0], opcode=0x1, fin=False)
+        + RawClient.frame(b"are you there", opcode=0x9)
+        + RawClient.frame(parts[1], opcode=0x0, fin=False)
+        + RawClient.frame(parts[2], opcode=0x0, fin=True)
+    )
+    assert await raw.read_frame() == (0xA, b"are you there")
+    answer = await reply(raw)
+    assert answer["headers"]["message-id"] == "frag"
+    assert answer["body"]["payload"] == "abcdef"
+    raw.abort()
+
+
+async def test_a_close_frame_after_data_in_the_same_write(serve: Serve) -> None:
+    """A message and a close frame in one write: the event runs, the close is echoed.
+
+    The reply itself is not sent: the close is echoed as soon as it is read, and no data
+    frame may follow a close frame (RFC 6455 section 5.5.1); the Node runner's ws does
+    the same."""
+    raw = await connected(serve)
+    await raw.send_bytes(
+        RawClient.frame(echo("last").encode()) + RawClient.frame(b"\x03\xe8", opcode=0x8)
+    )
+    opcode, payload = await raw.read_frame()
+    assert (opcode, payload[:2]) == (0x8, b"\x03\xe8")
+    await until(lambda: ("message", "last") in PROBE.log, "the echo event")
+    raw.abort()
