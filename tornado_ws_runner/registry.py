@@ -127,6 +127,23 @@ class Connection:
             raise ConnectionGone(self.id)
         data = frame.encode("utf-8")
         size = len(data)
+        if not self.pending_bytes:
+            # Nothing queued: the socket usually takes the frame at once, and then there
+            # is nothing to account, wait for or sweep.
+            try:
+                write = self.transport.send_text(data)
+            except (WebSocketClosedError, StreamClosedError):
+                raise ConnectionGone(self.id) from None
+            if isinstance(write, asyncio.Future) and write.done():
+                if write.exception() is not None:
+                    raise ConnectionGone(self.id)
+                if not last:
+                    # Yield anyway: a producer whose frames all flush at once would keep
+                    # the loop to itself, and no other connection would be served.
+                    await asyncio.sleep(0)
+                return size
+            await self._flushed(write, size)
+            return size
         limit = self.registry.send_buffer
         while self.pending_bytes and self.pending_bytes + size > limit:
             self.registry.stalls += 1
@@ -135,14 +152,20 @@ class Connection:
             await self._drained
             if self.closing:
                 raise ConnectionGone(self.id)
+        try:
+            write = self.transport.send_text(data)
+        except (WebSocketClosedError, StreamClosedError):
+            raise ConnectionGone(self.id) from None
+        await self._flushed(write, size)
+        return size
+
+    async def _flushed(self, write: Awaitable[None], size: int) -> None:
+        """Waits for a frame the socket did not take at once, counted in pending_bytes."""
         if not self.pending_bytes:
             self.last_progress = time.monotonic()
             self.registry.sending.add(self)
         self.pending_bytes += size
         try:
-            write = self.transport.send_text(data)
-            # Awaiting a write the socket took at once does not yield to the loop.
-            flushed = isinstance(write, asyncio.Future) and write.done()
             if asyncio.current_task() in self.streams:
                 # A stream task is cancelled when its client leaves; shielded, that cancel
                 # does not reach the IOStream's future (Tornado would log it as an error).
@@ -158,12 +181,6 @@ class Connection:
                 self.registry.sending.discard(self)
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
-        if flushed and not last:
-            # ``last``: the caller's task ends with this frame, so it cannot hog the loop.
-            # Otherwise yield anyway: a producer whose frames all flush at once would keep
-            # the loop to itself, and no other connection would be served meanwhile.
-            await asyncio.sleep(0)
-        return size
 
     def mark_closed(self, code: int | None = None) -> bool:
         """Takes the connection out of the registry; True only the first time."""
