@@ -35,8 +35,10 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
     def initialize(self, state: RunnerState) -> None:
         self.state = state
         self.conn: Connection | None = None
+        #: Named once: asyncio's module-level calls look the running loop up on every call.
+        self.loop = asyncio.get_running_loop()
         #: Resolved when Tornado has closed the socket (shutdown waits for it).
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
         #: The on_connect event while it runs: on_disconnect waits for it.
         self._connecting: asyncio.Task[Response] | None = None
 
@@ -223,7 +225,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         conn.in_flight += 1
         # In state.tasks for the shutdown drain; _handle takes itself out (cheaper than a
         # done callback per message).
-        self.state.tasks.add(asyncio.ensure_future(self._handle(conn, message)))
+        self.state.tasks.add(self.loop.create_task(self._handle(conn, message)))
 
     async def _start_when_free(self, conn: Connection, message: str | bytes) -> None:
         while conn.in_flight >= self.state.settings.limits.max_in_flight:
@@ -251,7 +253,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         except ConnectionGone:
             pass
         finally:
-            self.state.tasks.discard(asyncio.current_task())
+            self.state.tasks.discard(asyncio.current_task(self.loop))
             conn.in_flight -= 1
             if conn.slot_free is not None and not conn.slot_free.done():
                 conn.slot_free.set_result(None)
