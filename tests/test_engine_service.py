@@ -393,6 +393,7 @@ def test_error_details_keep_existing_details(write):
 
 HANG = """\
 import asyncio
+import time
 
 
 async def hang_handler(event):
@@ -405,6 +406,26 @@ async def own_timeout_handler(event):
 
 async def quick_handler(event):
     event.response.body = "quick"
+
+
+def block_then_wait_handler(event):
+    time.sleep(0.1)  # the fault under test: blocks the loop past the deadline
+    return asyncio.sleep(0)
+
+
+async def own_deadline_handler(event):
+    try:
+        async with asyncio.timeout(0.01):
+            await asyncio.Event().wait()
+    except TimeoutError:
+        event.response.body = "my deadline passed"
+
+
+async def many_waits_handler(event):
+    for _ in range(3):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    event.response.body = "waited"
 """
 
 HANG_CONFIG = """\
@@ -416,6 +437,12 @@ api:
       policies: [own_timeout_handler]
     - name: quick
       policies: [quick_handler]
+    - name: block_then_wait
+      policies: [block_then_wait_handler]
+    - name: own_deadline
+      policies: [own_deadline_handler]
+    - name: many_waits
+      policies: [many_waits_handler]
 """
 
 
@@ -430,6 +457,51 @@ def test_handler_timeout_is_504(write):
         "details": "The handlers of 'hang' ran longer than 0.05s.",
     }
     assert quick.body == "quick"
+
+
+def test_the_deadline_counts_from_the_start_not_from_the_first_wait(write):
+    """A chain that blocks past handler_timeout, then waits, is cut at that wait: 504."""
+    write("handlers/hang.py", HANG)
+    service = Service.load(write("config.yaml", HANG_CONFIG), handler_timeout=0.05)
+    [response] = run(service, Request("block_then_wait"))
+    assert response.status_code == 504
+
+
+def test_a_handlers_own_asyncio_timeout_cancels_only_its_own_wait(write):
+    """asyncio.timeout inside a handler binds to the event's task, under the deadline."""
+    write("handlers/hang.py", HANG)
+    service = Service.load(write("config.yaml", HANG_CONFIG), handler_timeout=5)
+    own, quick = run(service, Request("own_deadline"), Request("quick"))
+    assert (own.status_code, own.body) == (200, "my deadline passed")
+    assert quick.body == "quick"
+
+
+def test_a_chain_that_waits_several_times_finishes_under_the_deadline(write):
+    """Every wait of a chain is awaited in turn, with or without a deadline."""
+    write("handlers/hang.py", HANG)
+    for timeout in (None, 5):
+        service = Service.load(write("config.yaml", HANG_CONFIG), handler_timeout=timeout)
+        [response] = run(service, Request("many_waits"))
+        assert (response.status_code, response.body) == (200, "waited")
+
+
+def test_cancelling_the_event_reaches_a_waiting_handler(write):
+    """A cancel (shutdown cutting an event) reaches the handler and ends process()."""
+    write("handlers/hang.py", HANG)
+    service = Service.load(write("config.yaml", HANG_CONFIG), handler_timeout=5)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(service.process(Event(Request("hang"))))
+        for _ in range(100):
+            if task.done():
+                break
+            await asyncio.sleep(0)
+        assert not task.done(), "the hang handler waits"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
 
 
 def test_handler_raising_timeout_error_is_500(write):

@@ -23,6 +23,7 @@ from .config import LOG_LEVELS, ApiConfig, EventSpec, load_api_config, suggest
 from .event import Event, Request
 from .handlers import discover_handlers
 from .responses import ErrorResponse, Response
+from .stepping import first_step
 
 __all__ = ["COMPLETE", "CONTINUE", "LIFECYCLE_EVENTS", "Result", "Service"]
 
@@ -277,10 +278,18 @@ class Service:
             return True
 
     async def _main_with_timeout(self, event: Event, timeout: float) -> None:
-        deadline = asyncio.timeout(timeout)
+        # The deadline is a timer on the loop; a chain that finishes without waiting
+        # (most do) never needs it, so it is armed only when the chain first waits, set
+        # to expire when it would have if armed now. A chain that blocks cannot be cut
+        # either way (blocking_warning reports it).
+        expires = asyncio.get_running_loop().time() + timeout
+        rest = first_step(self._main(event))
+        if rest is None:
+            return
+        deadline = asyncio.timeout_at(expires)
         try:
             async with deadline:
-                await self._main(event)
+                await rest
         except TimeoutError:
             if not deadline.expired():
                 raise
