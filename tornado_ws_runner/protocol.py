@@ -11,7 +11,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .engine import LIFECYCLE_EVENTS, ErrorResponse, Request, Response
@@ -36,12 +36,34 @@ CONNECTION_EVENTS = frozenset({"on_connect", "on_disconnect"})
 #: Names the runner or the engine raise themselves; a client message may not use them.
 RESERVED_NAMES = LIFECYCLE_EVENTS | CONNECTION_EVENTS
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+def _encoder(allow_nan: bool) -> Callable[[Any], str]:
+    """A compact JSON encoder (UTF-8 text as it is, ``str()`` for other objects).
+
+    JSONEncoder.encode builds a new C encoder and a closure on every call, which was
+    half of its cost for a reply; this builds the C encoder once. Without circular
+    reference markers, a response that contains itself fails with RecursionError (a
+    ValueError with JSONEncoder), answered as an error all the same.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no _json accelerator (not CPython): the standard route
+        return json.JSONEncoder(
+            ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=allow_nan
+        ).encode
+    iterencode = make(
+        None, str, json.encoder.encode_basestring, None, ":", ",", False, False, allow_nan
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(iterencode(value, 0))
+
+    return encode
+
+
+_encode = _encoder(allow_nan=True)
 #: For frames to clients: NaN and Infinity are not JSON, so they raise ValueError here
 #: (answered as an error) instead of reaching a client's JSON parser.
-_strict_encode = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
-).encode
+_strict_encode = _encoder(allow_nan=False)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
