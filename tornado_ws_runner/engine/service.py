@@ -104,7 +104,8 @@ class Policy:
                     )
         else:
             result = self.handler(event, *parameters)
-        if inspect.isawaitable(result):
+        # Most sync handlers return None; isawaitable's ABC check is the costly part.
+        if result is not None and inspect.isawaitable(result):
             result = await result
         return result
 
