@@ -493,6 +493,9 @@ async def test_metrics_count_traffic():
         grew("twr_messages_out_total", 3)  # whoami, echo, the postback
         grew("twr_events_total", 1, event="echo", status="200")
         grew("twr_events_total", 1, event="whoami", status="200")
+        grew("twr_handler_duration_seconds_count", 1, event="echo")
+        grew("twr_handler_duration_seconds_bucket", 1, event="echo", le="+Inf")
+        grew("twr_handler_duration_seconds_bucket", 1, event="echo", le="10.0")
         grew("twr_postbacks_total", 1, outcome="delivered")
         grew("twr_postbacks_total", 1, outcome="gone")
         grew("twr_postbacks_total", 1, outcome="bad_request")

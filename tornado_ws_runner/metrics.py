@@ -7,12 +7,20 @@ never a connection id or a raw client-chosen name.
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import Any
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "POSTBACK_OUTCOMES", "Metrics"]
 
@@ -60,6 +68,61 @@ class _FrameCounters(Collector):
         yield CounterMetricFamily("twr_bytes_out", "Bytes sent in frames to clients.", m.bytes_out)
 
 
+class _EventCounters(Collector):
+    """Events by name and status, and their durations: plain ints and floats bumped per
+    event, read at scrape time (prometheus_client's Counter and Histogram take a lock
+    per call and walk the buckets one by one; the event loop is single-threaded).
+
+    Exported as prometheus_client's own Counter and Histogram would be (the same series,
+    ``_created`` included), the histogram with the default buckets.
+    """
+
+    BOUNDS = Histogram.DEFAULT_BUCKETS[:-1]  # seconds; the last bucket is +Inf
+    _LE = [floatToGoString(b) for b in Histogram.DEFAULT_BUCKETS]
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+        self.created: dict[tuple[str, int] | str, float] = {}  # (event, status) or event
+        self.buckets: dict[str, list[int]] = {}  # per event: counts per bucket, not cumulative
+        self.sums: dict[str, float] = {}
+
+    def add(self, event: str, status: int, seconds: float) -> None:
+        key = (event, status)
+        if key in self.counts:
+            self.counts[key] += 1
+        else:
+            self.counts[key] = 1
+            self.created[key] = time.time()
+        buckets = self.buckets.get(event)
+        if buckets is None:
+            buckets = self.buckets[event] = [0] * (len(self.BOUNDS) + 1)
+            self.sums[event] = 0.0
+            self.created[event] = time.time()
+        buckets[bisect_left(self.BOUNDS, seconds)] += 1
+        self.sums[event] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        events = CounterMetricFamily(
+            "twr_events", "Events processed, by event and status code.", labels=["event", "status"]
+        )
+        for (event, status), count in self.counts.items():
+            events.add_metric([event, str(status)], count, created=self.created[(event, status)])
+        yield events
+        duration = HistogramMetricFamily(
+            "twr_handler_duration_seconds", "Time to process an event.", labels=["event"]
+        )
+        for event, buckets in self.buckets.items():
+            cumulative = list(zip(self._LE, accumulate(buckets), strict=True))
+            duration.add_metric([event], cumulative, sum_value=self.sums[event])
+        yield duration
+        created = GaugeMetricFamily(
+            "twr_handler_duration_seconds_created", "Time to process an event.", labels=["event"]
+        )
+        for event in self.buckets:
+            created.add_metric([event], self.created[event])
+        yield created
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -76,20 +139,12 @@ class Metrics:
         self.rejected = Counter(
             "twr_connections_rejected", "Connections refused, by reason.", ["reason"], registry=r
         )
-        self.events = Counter(
-            "twr_events",
-            "Events processed, by event and status code.",
-            ["event", "status"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "twr_handler_duration_seconds", "Time to process an event.", ["event"], registry=r
-        )
+        self.events = _EventCounters()
+        r.register(self.events)
         self.stream_chunks = Counter("twr_stream_chunks", "Stream chunk frames sent.", registry=r)
         self.postbacks = Counter(
             "twr_postbacks", "Management postbacks, by outcome.", ["outcome"], registry=r
         )
-        self._event_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         for outcome in POSTBACK_OUTCOMES:  # every outcome is exported from the start, at 0
             self.postbacks.labels(outcome)
 
@@ -100,15 +155,7 @@ class Metrics:
         self.registry.register(_RegistryCounters(counters))
 
     def event_done(self, event: str, known: bool, status: int, seconds: float) -> None:
-        key = (event if known else UNROUTED, status)
-        children = self._event_children.get(key)
-        if children is None:
-            # Label lookups cost more than the increments; the key set is bounded
-            # (configured names x status codes), so the cache is too.
-            children = (self.events.labels(key[0], str(status)), self.duration.labels(key[0]))
-            self._event_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.events.add(event if known else UNROUTED, status, seconds)
 
     def received(self, size: int) -> None:
         """One frame of ``size`` went in."""
