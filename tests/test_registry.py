@@ -188,7 +188,7 @@ async def test_mark_closed_cancels_the_connections_streams() -> None:
     """Closing a connection cancels its stream tasks."""
     _, _, conn = connection()
     task = asyncio.ensure_future(asyncio.sleep(30))
-    conn.streams.add(task)
+    conn.add_stream(task)
     conn.mark_closed()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -53,6 +53,7 @@ class Connection:
         "close_code",
         "closing",
         "connected_at",
+        "connecting",
         "headers",
         "id",
         "identity",
@@ -94,6 +95,8 @@ class Connection:
         self.closing = False
         #: False until on_connect has succeeded: the management API does not see it before.
         self.accepted = False
+        #: The on_connect event while it runs: on_disconnect waits for it.
+        self.connecting: asyncio.Task[Any] | None = None
         #: Called once when the connection closes, by whichever path (runs on_disconnect).
         self.on_closed: Callable[[Connection], None] | None = None
         self.close_code: int | None = None
@@ -101,7 +104,9 @@ class Connection:
         self.last_progress = 0.0
         self.in_flight = 0
         self.slot_free: asyncio.Future[None] | None = None
-        self.streams: set[asyncio.Task[Any]] = set()
+        #: The stream tasks sending to this client; made at the first stream (most
+        #: connections never stream, and an empty set is 216 bytes).
+        self.streams: set[asyncio.Task[Any]] | None = None
         self._drained: asyncio.Future[None] | None = None
         self.push: Callable[..., Any] | None = None
 
@@ -166,7 +171,7 @@ class Connection:
             self.registry.sending.add(self)
         self.pending_bytes += size
         try:
-            if asyncio.current_task() in self.streams:
+            if self.streams and asyncio.current_task() in self.streams:
                 # A stream task is cancelled when its client leaves; shielded, that cancel
                 # does not reach the IOStream's future (Tornado would log it as an error).
                 await asyncio.shield(write)
@@ -182,6 +187,16 @@ class Connection:
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
 
+    def add_stream(self, task: asyncio.Task[Any]) -> None:
+        """``task`` sends a stream to this client: it is cancelled if the client leaves."""
+        if self.streams is None:
+            self.streams = set()
+        self.streams.add(task)
+
+    def discard_stream(self, task: asyncio.Task[Any]) -> None:
+        if self.streams is not None:
+            self.streams.discard(task)
+
     def mark_closed(self, code: int | None = None) -> bool:
         """Takes the connection out of the registry; True only the first time."""
         if self.closing:
@@ -191,7 +206,7 @@ class Connection:
         self.registry.remove(self)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
-        for task in self.streams:
+        for task in self.streams or ():
             task.cancel()
         if self.on_closed is not None:
             self.on_closed(self)

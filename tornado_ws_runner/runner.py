@@ -174,7 +174,7 @@ class WsRunner:
         metrics.watch_registry(
             lambda: len(registry), lambda: (registry.stalls, registry.slow_consumers)
         )
-        state = self.state = RunnerState(s, service, registry, metrics)
+        state = self.state = RunnerState(s, service, registry, metrics, asyncio.get_running_loop())
         app = tornado.web.Application(
             [(r".*", ClientHandler, {"state": state})],
             websocket_max_message_size=s.limits.max_message_size,

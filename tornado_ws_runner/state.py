@@ -30,6 +30,8 @@ class RunnerState:
     service: Service
     registry: Registry
     metrics: Metrics
+    #: The loop it runs on, named once: asyncio's module-level calls look it up each time.
+    loop: asyncio.AbstractEventLoop
     phase: Phase = Phase.STARTING
     #: Every event and on_disconnect task, so shutdown can wait for them.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -50,12 +50,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
     def initialize(self, state: RunnerState) -> None:
         self.state = state
         self.conn: Connection | None = None
-        #: Named once: asyncio's module-level calls look the running loop up on every call.
-        self.loop = asyncio.get_running_loop()
         #: Resolved when Tornado has closed the socket (shutdown waits for it).
-        self.closed: asyncio.Future[None] = self.loop.create_future()
-        #: The on_connect event while it runs: on_disconnect waits for it.
-        self._connecting: asyncio.Task[Response] | None = None
+        self.closed: asyncio.Future[None] = state.loop.create_future()
 
     # -- the upgrade -------------------------------------------------------------
 
@@ -132,10 +128,14 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         state.metrics.opened.inc()
         if settings.logging.access:
             access_log.info("%s open from %s (%s)", conn.id, conn.source_ip, conn.user_agent or "-")
+        # Emptied once read: Tornado reads the upgrade's headers only in the handshake, but
+        # its get() holds them for the connection's life (~1 KiB per idle connection).
         if not state.service.has_event("on_connect"):
+            request.headers.clear()
             conn.accepted = True
             return
         headers = {k: ", ".join(request.headers.get_list(k)) for k in request.headers}
+        request.headers.clear()
         url = urlsplit(request.uri or "/")
         query = {k: v[0].decode("utf-8", "replace") for k, v in request.query_arguments.items()}
         connect = Event(
@@ -144,9 +144,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         started = time.perf_counter()
         # A tracked task: shutdown drains on_connect like any event in flight, and a
         # close meanwhile runs on_disconnect only after it (see _disconnect).
-        self._connecting = state.track(asyncio.ensure_future(self._connect(conn, connect)))
+        conn.connecting = state.track(asyncio.ensure_future(self._connect(conn, connect)))
         try:
-            response = await self._connecting
+            response = await conn.connecting
         except asyncio.CancelledError:
             self.on_close()  # cut by shutdown: Tornado aborts without calling on_close
             raise
@@ -177,7 +177,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
 
     async def _disconnect(self, conn: Connection) -> None:
         state = self.state
-        connecting = self._connecting
+        connecting = conn.connecting
         if connecting is not None and not connecting.done():
             if state.phase is not Phase.READY:
                 # Shutdown closes connections only after the drain: on_connect is cut.
@@ -240,7 +240,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         conn.in_flight += 1
         # In state.tasks for the shutdown drain; _handle takes itself out (cheaper than a
         # done callback per message). An eagerly started task may be done already.
-        task = _start_task(self.loop, self._handle(conn, message))
+        task = _start_task(self.state.loop, self._handle(conn, message))
         if not task.done():
             self.state.tasks.add(task)
 
@@ -270,7 +270,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         except ConnectionGone:
             pass
         finally:
-            self.state.tasks.discard(asyncio.current_task(self.loop))
+            self.state.tasks.discard(asyncio.current_task(self.state.loop))
             conn.in_flight -= 1
             if conn.slot_free is not None and not conn.slot_free.done():
                 conn.slot_free.set_result(None)
@@ -316,7 +316,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         """One frame per chunk, each produced only after the previous one was flushed."""
         task = asyncio.current_task()
         assert task is not None
-        conn.streams.add(task)
+        conn.add_stream(task)
         sid = protocol.stream_id()
         chunks = _aiter(response.body)
         error: ErrorResponse | None = None
@@ -336,7 +336,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             if not conn.closing:
                 raise
         finally:
-            conn.streams.discard(task)
+            conn.discard_stream(task)
             await _close(chunks, response.body)
 
 
