@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any, cast
@@ -28,20 +27,6 @@ from .registry import Connection
 from .state import Phase, RunnerState
 
 __all__ = ["ClientHandler"]
-
-if sys.version_info >= (3, 12):
-
-    def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None]:
-        """Runs the message's first step now, as its own task (Python 3.12's eager start):
-        a chain that does not wait is answered before on_message returns, without a turn
-        of the loop, and current_task() is that task all along."""
-        return asyncio.Task(coro, loop=loop, eager_start=True)
-
-else:
-
-    def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None]:
-        """Python 3.11 has no eager tasks: the message starts on the loop's next turn."""
-        return loop.create_task(coro)
 
 
 class ClientHandler(tornado.websocket.WebSocketHandler):
@@ -239,10 +224,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             return
         conn.in_flight += 1
         # In state.tasks for the shutdown drain; _handle takes itself out (cheaper than a
-        # done callback per message). An eagerly started task may be done already.
-        task = _start_task(self.state.loop, self._handle(conn, message))
-        if not task.done():
-            self.state.tasks.add(task)
+        # done callback per message).
+        self.state.tasks.add(self.state.loop.create_task(self._handle(conn, message)))
 
     async def _start_when_free(self, conn: Connection, message: str | bytes) -> None:
         while conn.in_flight >= self.state.settings.limits.max_in_flight:
