@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tornado_ws_runner import ErrorResponse, Request, Response
 from tornado_ws_runner import protocol as p
@@ -228,3 +230,29 @@ def test_frames_are_never_invalid_json_on_the_way_out(value: float) -> None:
         p.stream_chunk(Response(None), value, "s", "m")
     with pytest.raises(ValueError):
         p.strict_dumps({"body": value})
+
+
+def reference_frame(status: int, headers: dict[str, Any], body: Any) -> str:
+    """The frame as the JSON encoder writes it, long text bodies included."""
+    return p.strict_dumps({"statusCode": status, "headers": headers, "body": body})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(min_size=0, max_size=200),
+    at=st.integers(min_value=0, max_value=p.LONG_TEXT),
+    length=st.sampled_from([p.LONG_TEXT - 1, p.LONG_TEXT, 3 * p.LONG_TEXT]),
+)
+def test_long_text_bodies_are_written_exactly_as_the_encoder_writes_them(
+    text: str, at: int, length: int
+) -> None:
+    """Long text bodies take a shortcut; it writes byte for byte what the encoder would,
+    whatever the text holds (quotes, backslashes, control characters, lone surrogates)."""
+    pad = "a" * max(0, length - len(text))
+    body = pad[:at] + text + pad[at:]
+    response = Response(body, 200, {"x": "y"})
+    assert p.encode(response, "m") == reference_frame(200, {"x": "y", "message-id": "m"}, body)
+    chunk = p.stream_chunk(response, body, "s", "m")
+    headers = {"x": "y", "message-id": "m", "x-stream": "chunk", "x-stream-id": "s"}
+    assert chunk == reference_frame(200, headers, body)
+    chunk.encode("utf-8")  # always sendable: lone surrogates are escaped
