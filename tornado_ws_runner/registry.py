@@ -132,23 +132,6 @@ class Connection:
             raise ConnectionGone(self.id)
         data = frame.encode("utf-8")
         size = len(data)
-        if not self.pending_bytes:
-            # Nothing queued: the socket usually takes the frame at once, and then there
-            # is nothing to account, wait for or sweep.
-            try:
-                write = self.transport.send_text(data)
-            except (WebSocketClosedError, StreamClosedError):
-                raise ConnectionGone(self.id) from None
-            if isinstance(write, asyncio.Future) and write.done():
-                if write.exception() is not None:
-                    raise ConnectionGone(self.id)
-                if not last:
-                    # Yield anyway: a producer whose frames all flush at once would keep
-                    # the loop to itself, and no other connection would be served.
-                    await asyncio.sleep(0)
-                return size
-            await self._flushed(write, size)
-            return size
         limit = self.registry.send_buffer
         while self.pending_bytes and self.pending_bytes + size > limit:
             self.registry.stalls += 1
@@ -161,6 +144,16 @@ class Connection:
             write = self.transport.send_text(data)
         except (WebSocketClosedError, StreamClosedError):
             raise ConnectionGone(self.id) from None
+        if isinstance(write, asyncio.Future) and write.done():
+            # The socket took it at once (nothing was queued before it): there is nothing
+            # to account, wait for or sweep.
+            if write.exception() is not None:
+                raise ConnectionGone(self.id)
+            if not last:
+                # Yield anyway: a producer whose frames all flush at once would keep the
+                # loop to itself, and no other connection would be served meanwhile.
+                await asyncio.sleep(0)
+            return size
         await self._flushed(write, size)
         return size
 
