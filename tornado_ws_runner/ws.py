@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import tornado.iostream
 import tornado.web
 import tornado.websocket
 
@@ -80,6 +81,15 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         return BufferedProtocol13(
             self, cast(tornado.websocket.WebSocketProtocol13, tornado_protocol).params
         )
+
+    def _detach_stream(self) -> tornado.iostream.IOStream:
+        """The stream, without Tornado's guard against HTTP methods after the upgrade.
+
+        Tornado sets seven attributes on every handler here (``write``, ``finish``, ...
+        made to raise); seven more keys grow each connection's instance dict by 1.6 KiB
+        (bench/memory.py). Nothing here calls those methods once the upgrade is done.
+        """
+        return self.detach()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.finish(protocol.error_frame(status_code, self._reason, "", None))
