@@ -4,11 +4,11 @@ Tornado's ``WebSocketProtocol13`` parses each frame with three or four exact-siz
 ``IOStream.read_bytes`` calls (header, length, mask, payload). Each one is a Future,
 and because the first leaves the rest of the frame in the stream's buffer, the stream
 takes its reader off the event loop (``remove_reader``) and puts it back for the next
-frame (``add_reader``), on every message. Here the
-stream is read in whole chunks (``partial=True``) into this protocol's own buffer and
-the frame parts are cut from it, so the stream's buffer empties on every read and its
-read interest stays registered. Everything else (frame validation, fragmentation,
-control frames, the 1009 close, the keep-alive pings) is Tornado's, unchanged.
+frame (``add_reader``), on every message. Here the stream is read in whole chunks
+(``partial=True``) into this protocol's own buffer and the frame parts are cut from
+it, so the stream's buffer empties on every read and its reader stays registered.
+Everything else (frame validation, fragmentation, control frames, the 1009 close, the
+keep-alive pings) is Tornado's, unchanged.
 
 Limits: at most ``READ_CHUNK`` bytes beyond the frame being parsed are held here, on
 top of what Tornado's ``max_message_size`` allows; while the handler makes Tornado wait

@@ -82,7 +82,8 @@ class _EventCounters(Collector):
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, int], int] = {}
-        self.created: dict[tuple[str, int] | str, float] = {}  # (event, status) or event
+        self.created: dict[tuple[str, int], float] = {}
+        self.histogram_created: dict[str, float] = {}
         self.buckets: dict[str, list[int]] = {}  # per event: counts per bucket, not cumulative
         self.sums: dict[str, float] = {}
 
@@ -97,7 +98,7 @@ class _EventCounters(Collector):
         if buckets is None:
             buckets = self.buckets[event] = [0] * (len(self.BOUNDS) + 1)
             self.sums[event] = 0.0
-            self.created[event] = time.time()
+            self.histogram_created[event] = time.time()
         buckets[bisect_left(self.BOUNDS, seconds)] += 1
         self.sums[event] += seconds
 
@@ -118,8 +119,8 @@ class _EventCounters(Collector):
         created = GaugeMetricFamily(
             "twr_handler_duration_seconds_created", "Time to process an event.", labels=["event"]
         )
-        for event in self.buckets:
-            created.add_metric([event], self.created[event])
+        for event, timestamp in self.histogram_created.items():
+            created.add_metric([event], timestamp)
         yield created
 
 
