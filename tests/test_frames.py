@@ -4,10 +4,11 @@ frames in between, bytes read past a frame kept for the next."""
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
-from wsutil import PROBE, RawClient, Serve, until
+from wsutil import PROBE, RawClient, Serve, bounded, registry, until
 
 from tornado_ws_runner.frames import READ_CHUNK
 
@@ -104,3 +105,19 @@ async def test_a_close_frame_after_data_in_the_same_write(serve: Serve) -> None:
     assert (opcode, payload[:2]) == (0x8, b"\x03\xe8")
     await until(lambda: ("message", "last") in PROBE.log, "the echo event")
     raw.abort()
+
+
+async def test_a_close_reason_that_is_not_utf8_drops_only_that_connection(serve: Serve) -> None:
+    """Tornado raises on such a reason inside the frame loop: the socket is dropped, the
+    client leaves the registry, nothing is logged as an error, others are answered."""
+    runner = await serve()
+    bad = await RawClient.connect(runner.ports["listen"], "/bad")
+    good = await RawClient.connect(runner.ports["listen"], "/good")
+    await until(lambda: len(registry(runner)) == 2, "both connections registered")
+    await bad.send_bytes(RawClient.frame(b"\x03\xe8\xff\xfe", opcode=0x8))
+    assert await bounded(bad.reader.read()) == b"", "the server drops the connection"
+    await until(lambda: len(registry(runner)) == 1, "the dropped client unregistered")
+    gc.collect()  # a frame-loop task that ended in an exception nobody took logs it now
+    await good.send_text(echo("still"))
+    assert (await reply(good))["headers"]["message-id"] == "still"
+    good.abort()

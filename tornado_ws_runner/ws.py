@@ -124,7 +124,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         if settings.logging.access:
             access_log.info("%s open from %s (%s)", conn.id, conn.source_ip, conn.user_agent or "-")
         # Emptied once read: Tornado reads the upgrade's headers only in the handshake, but
-        # its get() holds them for the connection's life (~1 KiB per idle connection).
+        # the request holds them for the connection's life (~1 KiB per idle connection).
         if not state.service.has_event("on_connect"):
             request.headers.clear()
             conn.accepted = True
