@@ -1,5 +1,5 @@
-"""The runner's limits over real sockets: message size (1009), connection count,
-allowed origins and keep-alive pings."""
+"""The runner's limits over real sockets: message size (1009), connection count and
+allowed origins."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import tornado.httpclient
 from websockets.exceptions import InvalidStatus
 from wsutil import (
     PROBE,
-    RawClient,
     Serve,
     ask,
     closed_with,
     registry,
     send,
-    stays,
     tornado_connect,
     until,
     websockets_connect,
@@ -107,35 +105,3 @@ async def test_any_origin_when_none_configured(serve: Serve) -> None:
     runner = await serve()
     async with websockets_connect(ws_url(runner), origin="https://anywhere.example") as ws:
         assert (await ask(ws, {"name": "echo"}))["statusCode"] == 200
-
-
-# -- keep-alive pings ----------------------------------------------------------------------------
-
-
-async def test_a_peer_that_never_answers_pings_is_closed(serve: Serve) -> None:
-    """A raw peer that never answers pings is pinged, closed, and on_disconnect runs."""
-    # Tornado sends its close frame at the ping timeout, then gives the peer 5 s (fixed in
-    # Tornado) to answer it before dropping the socket; on_disconnect runs at that drop.
-    runner = await serve(timeouts={"ping_interval": 0.2, "ping_timeout": 0.2})
-    raw = await RawClient.connect(runner.ports["listen"], "/silent")
-    assert raw.status == 101
-    opcode, _ = await raw.read_frame()
-    assert opcode == 0x9, "a ping"
-    opcode, payload = await raw.read_frame()
-    assert opcode == 0x8, "a close frame after the ping timeout"
-    assert b"ping timed out" in payload
-    (cid,) = PROBE.connection_ids()
-    await until(lambda: PROBE.disconnects_of(cid), "on_disconnect", timeout=10)
-    assert registry(runner).get(cid) is None
-    raw.abort()
-
-
-async def test_a_peer_that_answers_pings_stays_connected(serve: Serve) -> None:
-    """A client that answers pings (websockets does) outlives many ping intervals."""
-    runner = await serve(timeouts={"ping_interval": 0.1, "ping_timeout": 0.1})
-    async with websockets_connect(ws_url(runner), ping_interval=None) as ws:
-        await until(lambda: PROBE.connection_ids(), "on_connect")
-        cid = PROBE.connection_ids()[0]
-        await stays(lambda: registry(runner).get(cid) is not None, 0.6, "still connected")
-        assert (await ask(ws, {"name": "echo"}))["statusCode"] == 200
-    assert len(PROBE.disconnects) == 1

@@ -35,6 +35,10 @@ class Transport(Protocol):
 
     def abort(self) -> None: ...
 
+    def ping(self, data: bytes = b"") -> None:
+        """Writes a ping frame; raises WebSocketClosedError once the client is gone."""
+        ...
+
 
 def _iso(timestamp: float) -> str:
     return (
@@ -62,6 +66,7 @@ class Connection:
         "last_progress",
         "on_closed",
         "pending_bytes",
+        "pong_at",
         "postback_url",
         "push",
         "registry",
@@ -109,6 +114,8 @@ class Connection:
         self.streams: set[asyncio.Task[Any]] | None = None
         self._drained: asyncio.Future[None] | None = None
         self.push: Callable[..., Any] | None = None
+        #: The loop's time of the last pong (keepalive.py closes those without a recent one).
+        self.pong_at = 0.0
 
     def describe(self) -> dict[str, Any]:
         return {

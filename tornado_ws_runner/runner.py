@@ -22,6 +22,7 @@ from tornado.ioloop import PeriodicCallback
 
 from .engine import Service
 from .errors import ConfigError, StartupError
+from .keepalive import KeepAlive
 from .log import runner_log
 from .management import make_management_app
 from .metrics import Metrics
@@ -79,6 +80,7 @@ class WsRunner:
         self._servers: list[tornado.httpserver.HTTPServer] = []
         self._management: tornado.httpserver.HTTPServer | None = None
         self._sweeper: PeriodicCallback | None = None
+        self._keepalive: KeepAlive | None = None
         self._sockets: dict[str, list[socket.socket]] = {}
         self._tls_context: ssl.SSLContext | None = None
 
@@ -178,8 +180,6 @@ class WsRunner:
         app = tornado.web.Application(
             [(r".*", ClientHandler, {"state": state})],
             websocket_max_message_size=s.limits.max_message_size,
-            websocket_ping_interval=s.timeouts.ping_interval or None,
-            websocket_ping_timeout=s.timeouts.ping_timeout or None,
             log_function=lambda handler: None,
         )
         try:
@@ -192,6 +192,10 @@ class WsRunner:
         if interval:
             self._sweeper = PeriodicCallback(registry.sweep, interval)
             self._sweeper.start()
+        if s.timeouts.ping_interval:
+            ping = s.timeouts.ping_interval
+            self._keepalive = KeepAlive(registry, ping, s.timeouts.ping_timeout or ping)
+            self._keepalive.start()
         state.phase = Phase.READY
         loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
         runner_log.info("running on the %s event loop", loop_kind)
@@ -292,6 +296,8 @@ class WsRunner:
         self._close_servers()
         if self._sweeper is not None:
             self._sweeper.stop()
+        if self._keepalive is not None:
+            await self._keepalive.stop()
         deadline = time.monotonic() + timeout
         if state.tasks:
             await asyncio.wait(set(state.tasks), timeout=timeout)

@@ -85,7 +85,7 @@ class Timeouts:
     handler: float = 30.0  # seconds an event's handlers may run before a 504 frame
     send: float = 30.0  # seconds a client may leave queued frames unread before it is dropped
     ping_interval: float = 20.0  # seconds between keep-alive pings; 0 turns pings off
-    ping_timeout: float = 20.0  # seconds to wait for a pong before closing
+    ping_timeout: float = 20.0  # seconds to wait for a pong before closing (0: the interval)
     drain: float = 10.0  # seconds events in flight may finish at shutdown
     blocking_warning: float = 0.1  # seconds a sync handler may block the loop unlogged; 0: off
 

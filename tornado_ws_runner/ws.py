@@ -179,6 +179,10 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         if self.conn is not None:
             self.conn.mark_closed(self.close_code)
 
+    def on_pong(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.pong_at = self.state.loop.time()
+
     def _after_close(self, conn: Connection) -> None:
         """Runs on_disconnect once, whichever side or path closed the connection."""
         self.state.metrics.closed.inc()
