@@ -1,13 +1,16 @@
-"""The buffered frame reader (frames.py) over a real socket: frames cut at any byte,
-several frames in one write, all three length encodings, fragmentation with control
-frames in between, bytes read past a frame kept for the next."""
+"""The frame reader (frames.py) over a real socket: frames cut at any byte, several
+frames in one write, all three length encodings, fragmentation with control frames in
+between, bytes read past a frame kept for the next, and each protocol violation Tornado
+drops a connection for."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 from typing import Any
 
+import pytest
 from wsutil import PROBE, RawClient, Serve, bounded, registry, until
 
 from tornado_ws_runner.frames import READ_CHUNK
@@ -39,15 +42,20 @@ async def test_several_frames_in_one_write_are_each_answered_in_order(serve: Ser
     raw.abort()
 
 
-async def test_a_frame_written_one_byte_at_a_time_is_answered(serve: Serve) -> None:
-    """A frame split at every byte (header, length, mask, payload) is put back together."""
-    raw = await connected(serve)
-    data = RawClient.frame(echo("slow", "x" * 200).encode())  # a 16-bit length: 4-byte header
-    for i in range(len(data)):
+@pytest.mark.parametrize("size", [20, 200, 70_000])
+async def test_a_frame_cut_at_every_header_byte_is_answered(serve: Serve, size: int) -> None:
+    """A frame's first 24 bytes (header, length of each encoding, mask, some payload)
+    arrive one at a time, the server reading each before the next; the rest in one go."""
+    raw = await connected(serve, limits={"max_message_size": 2 * READ_CHUNK})
+    data = RawClient.frame(echo("slow", "x" * size).encode())
+    for i in range(24):
         await raw.send_bytes(data[i : i + 1])
+        for _ in range(3):  # loop turns: the server's read, then its callback
+            await asyncio.sleep(0)
+    await raw.send_bytes(data[24:])
     answer = await reply(raw)
     assert answer["headers"]["message-id"] == "slow"
-    assert answer["body"]["payload"] == "x" * 200
+    assert answer["body"]["payload"] == "x" * size
     raw.abort()
 
 
@@ -121,3 +129,49 @@ async def test_a_close_reason_that_is_not_utf8_drops_only_that_connection(serve:
     await good.send_text(echo("still"))
     assert (await reply(good))["headers"]["message-id"] == "still"
     good.abort()
+
+
+def _with_rsv1(frame: bytes) -> bytes:
+    return bytes([frame[0] | 0x40]) + frame[1:]
+
+
+VIOLATIONS = {
+    "reserved bit set, no extension agreed": _with_rsv1(RawClient.frame(b"{}")),
+    "control frame over 125 bytes": RawClient.frame(b"p" * 126, opcode=0x9),
+    "fragmented control frame": RawClient.frame(b"p", opcode=0x9, fin=False),
+    "continuation with nothing to continue": RawClient.frame(b"{}", opcode=0x0),
+    "new message inside a fragmented one": RawClient.frame(b"{", opcode=0x1, fin=False)
+    + RawClient.frame(b"{}", opcode=0x1),
+}
+
+
+@pytest.mark.parametrize("violation", VIOLATIONS)
+async def test_a_protocol_violation_drops_only_that_connection(
+    serve: Serve, violation: str
+) -> None:
+    """Each violation RFC 6455 (and Tornado) fails a connection for: that socket is dropped
+    unanswered and unregistered; another client is still answered."""
+    runner = await serve()
+    bad = await RawClient.connect(runner.ports["listen"], "/bad")
+    good = await RawClient.connect(runner.ports["listen"], "/good")
+    await until(lambda: len(registry(runner)) == 2, "both connections registered")
+    await bad.send_bytes(VIOLATIONS[violation])
+    assert await bounded(bad.reader.read()) == b"", "dropped without an answer"
+    await until(lambda: len(registry(runner)) == 1, "the dropped client unregistered")
+    await good.send_text(echo("still"))
+    assert (await reply(good))["headers"]["message-id"] == "still"
+    good.abort()
+
+
+async def test_frames_behind_a_held_message_in_the_same_write_are_kept(serve: Serve) -> None:
+    """With max_in_flight reached, reading pauses mid-chunk; the frames after the held
+    one, read in the same write, are answered once a slot frees, none lost."""
+    raw = await connected(serve, limits={"max_in_flight": 1})
+    block = json.dumps({"name": "block", "payload": {"gate": "g"}, "headers": {"message-id": "b"}})
+    frames = [block.encode()] + [echo(f"e{i}").encode() for i in range(3)]
+    await raw.send_bytes(b"".join(RawClient.frame(f) for f in frames))
+    await until(lambda: PROBE.counters["started"] == 1, "the blocking event to start")
+    PROBE.open("g")
+    ids = [(await reply(raw))["headers"]["message-id"] for _ in range(4)]
+    assert ids == ["b", "e0", "e1", "e2"]
+    raw.abort()

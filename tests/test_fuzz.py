@@ -27,7 +27,16 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from tornado.iostream import StreamClosedError
-from wsutil import ask, bounded, send, tornado_connect, websockets_connect, ws_url
+from wsutil import (
+    RawClient,
+    ask,
+    bounded,
+    send,
+    tornado_connect,
+    until,
+    websockets_connect,
+    ws_url,
+)
 
 from tornado_ws_runner import ErrorResponse, Request, Response, protocol
 
@@ -441,6 +450,57 @@ def test_any_text_gets_one_well_formed_answer(live: Live, text: str, binary: boo
 def test_any_bytes_get_one_well_formed_answer(live: Live, data: bytes) -> None:
     """Arbitrary binary frames: UTF-8 ones are messages, others a 400 without message-id."""
     assert_answer(data, answer_of(live, data), predict(data))
+    live.after_example()
+
+
+def _frame(opcode: int, fin: bool, rsv: int, payload: bytes) -> bytes:
+    frame = RawClient.frame(payload, opcode=opcode, fin=fin)
+    return bytes([frame[0] | rsv << 4]) + frame[1:]
+
+
+#: Bytes a client may write after the handshake: whole frames of any opcode, flags and
+#: size (valid or not), cut anywhere, mixed with arbitrary bytes.
+raw_wire = st.lists(
+    st.one_of(
+        st.builds(
+            _frame,
+            st.integers(0, 15),
+            st.booleans(),
+            st.integers(0, 7),
+            st.binary(max_size=300) | st.just(b'{"name": "echo"}'),
+        ),
+        st.binary(max_size=40),
+    ),
+    max_size=6,
+).map(b"".join)
+
+
+@PROPERTY
+@given(raw_wire, st.integers(0, 400))
+@example(_frame(0x1, True, 0, b'{"name": "echo"}'), 400)
+@example(_frame(0x1, False, 0, b"{") + _frame(0x9, True, 0, b"") + _frame(0x0, True, 0, b"}"), 0)
+@example(b"\x81\xff" + (2**63).to_bytes(8, "big"), 400)
+@example(b"\x81\xff" + (2**63).to_bytes(8, "big"), 3)
+@example(_frame(0x1, True, 0, b"x" * 200), 3)
+def test_any_bytes_on_the_wire_close_at_most_that_connection(
+    live: Live, data: bytes, cut: int
+) -> None:
+    """Whatever bytes follow the handshake, written in two parts: the server answers,
+    waits or drops that connection, logs no error, and lets go of it once the client
+    leaves; the witness is served throughout."""
+    registry = live.runner.runner.state.registry
+
+    async def feed() -> None:
+        raw = await RawClient.connect(live.runner.ports["listen"], "/wire")
+        assert raw.status == 101
+        await raw.send_bytes(data[:cut])
+        await raw.send_bytes(data[cut:])
+        raw.writer.write_eof()
+        await bounded(raw.reader.read())  # answers, if any, until the server closes
+        raw.abort()
+        await until(lambda: len(registry) == 1, "only the witness registered")
+
+    live.runner.call(feed())
     live.after_example()
 
 

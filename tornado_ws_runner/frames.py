@@ -1,31 +1,38 @@
-"""Tornado's RFC 6455 protocol with a cheaper way to read frames and write text frames.
+"""Tornado's RFC 6455 protocol with frames read by callback and text frames written whole.
 
-Tornado's ``WebSocketProtocol13`` parses each frame with three or four exact-size
-``IOStream.read_bytes`` calls (header, length, mask, payload). Each one is a Future,
-and because the first leaves the rest of the frame in the stream's buffer, the stream
-takes its reader off the event loop (``remove_reader``) and puts it back for the next
-frame (``add_reader``), on every message. Here the stream is read in whole chunks
-(``partial=True``) into this protocol's own buffer and the frame parts are cut from
-it, so the stream's buffer empties on every read and its reader stays registered.
-Tornado's frame loop runs in a task of its own rather than inside the handshake's
-coroutines (see ``_receive_frame_loop``). Everything else (frame validation,
-fragmentation, control frames, the 1009 close, the keep-alive pings) is Tornado's,
-unchanged.
+Tornado's ``WebSocketProtocol13`` reads each frame with three or four exact-size
+``IOStream.read_bytes`` calls (header, length, mask, payload), each a Future awaited by a
+coroutine, in a loop that runs inside the handshake's ``get()``. An idle connection so
+holds a task and seven coroutine frames with their locals (the upgrade's headers among
+them), ~4.5 KiB (bench/memory.py); every frame leaves its rest in the stream's buffer,
+so the stream takes its reader off the event loop and puts it back, per message.
 
-Limits: at most ``READ_CHUNK`` bytes beyond the frame being parsed are held here, on
-top of what Tornado's ``max_message_size`` allows; while the handler makes Tornado wait
-(``on_message`` returned an awaitable), no read is pending, so the client waits in its
-own TCP window as before.
+Here the stream is read in whole chunks (``partial=True``), every whole frame in a
+chunk is cut from it in one call (``_cut``), and the next read is asked for with a done
+callback: an idle connection holds one read Future and that callback. The rules of
+Tornado's ``_receive_frame`` are kept one by one (reserved bits, control frames longer
+than 125 bytes or fragmented, a continuation with nothing to continue, a new message
+inside a fragmented one: the connection is dropped; past ``max_message_size``: 1009);
+what a whole message then means (text, binary, close, ping, pong) is Tornado's own
+``_handle_message``, unchanged, as are the close handshake and the writes.
+
+Limits: at most ``READ_CHUNK`` bytes beyond the frame being cut are held here, on top
+of what ``max_message_size`` allows; a frame's length is checked against it as soon as
+its header is in, before its payload is read. While ``on_message`` makes Tornado wait
+(it returned an awaitable), no read is pending, so the client waits in its own TCP
+window, as with Tornado's loop.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from tornado.concurrent import Future
+from tornado.iostream import StreamClosedError
 from tornado.log import gen_log
+from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
 if TYPE_CHECKING:
@@ -33,67 +40,158 @@ if TYPE_CHECKING:
 
 __all__ = ["READ_CHUNK", "BufferedProtocol13"]
 
-#: bytes asked of the stream per read when the buffer holds less than a frame part.
+#: bytes asked of the stream per read (more when a longer frame is being read).
 READ_CHUNK = 65536
 
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
 
 
 class BufferedProtocol13(WebSocketProtocol13):
     """A server-side ``WebSocketProtocol13`` (no masking, no compression flags).
 
-    Its two fields are slots: two more keys in the instance dict made it grow to the
-    next size, 1.5 KiB more per connection (tracemalloc).
+    Its fields are slots: more keys in the instance dict made it grow to the next size,
+    1.5 KiB more per connection (tracemalloc).
     """
 
-    __slots__ = ("_at", "_in", "_reader")
+    __slots__ = ("_have", "_need", "_parts", "_reading")
 
     def __init__(self, handler: WebSocketHandler, params: _WebSocketParams) -> None:
         super().__init__(handler, False, params)
-        self._in = b""
-        self._at = 0
-        self._reader: asyncio.Task[None] | None = None
+        #: Bytes read and not yet cut into frames, when there are any (else None).
+        self._parts: list[bytes] | None = None
+        self._have = 0  # bytes in _parts
+        self._need = 2  # bytes _parts must hold before the next frame can be cut
+        self._reading = True  # until the handler is told no more frames will come
 
     async def _receive_frame_loop(self) -> None:
-        """Starts the frame loop in a task of its own, and returns.
+        """Asks for the first chunk, and returns.
 
-        Tornado awaits the loop at the end of the handshake, inside the request's
-        ``get()``: the handshake's five coroutine frames, their task and their locals
-        (the upgrade's header values among them) would stay alive for the connection's
-        life, ~3 KiB per idle connection (bench/memory.py). Returning ends them; the
-        errors Tornado's ``accept_connection`` handles around the loop are handled here.
+        Tornado awaits its frame loop at the end of the handshake, inside the request's
+        ``get()``; returning lets the handshake's coroutines end (~3 KiB per idle
+        connection). From here on the reads are driven by their done callbacks.
         """
-        self._reader = asyncio.get_running_loop().create_task(self._read_frames())
+        self._read_more()
 
-    async def _read_frames(self) -> None:
+    def _read_more(self) -> None:
         try:
-            await super()._receive_frame_loop()
-        except asyncio.CancelledError:
-            self._abort()
-        except ValueError:
-            gen_log.debug("Malformed WebSocket request received", exc_info=True)
-            self._abort()
+            want = max(self._need - self._have, READ_CHUNK)
+            read = cast("Future[bytes]", self.stream.read_bytes(want, partial=True))
+        except StreamClosedError:
+            self._stopped(abort=True)
+            return
+        read.add_done_callback(self._on_chunk)
 
-    async def _read_bytes(self, n: int) -> bytes:
-        """Exactly ``n`` bytes, cut from the buffer; the stream is read only when short."""
-        buf, at = self._in, self._at
-        if len(buf) - at < n:
-            parts = [buf[at:]]
-            have = len(parts[0])
-            while have < n:
-                chunk = await self.stream.read_bytes(max(n - have, READ_CHUNK), partial=True)
-                parts.append(chunk)
-                have += len(chunk)
-            buf, at = b"".join(parts), 0
-        self._wire_bytes_in += n
-        end = at + n
-        if end == len(buf):
-            self._in, self._at = b"", 0
-            return buf if at == 0 else buf[at:]
-        self._in, self._at = buf, end
-        return buf[at:end]
+    def _on_chunk(self, read: Future[bytes]) -> None:
+        try:
+            chunk = read.result()
+        except StreamClosedError:
+            self._stopped(abort=True)
+            return
+        parts = self._parts
+        if parts is None:
+            if len(chunk) < self._need:
+                self._parts, self._have = [chunk], len(chunk)
+                self._read_more()
+                return
+            buf = chunk
+        else:
+            parts.append(chunk)
+            self._have += len(chunk)
+            if self._have < self._need:
+                self._read_more()
+                return
+            buf = b"".join(parts)
+            self._parts, self._have = None, 0
+        self._cut(buf)
+
+    def _cut(self, buf: bytes) -> None:
+        """Handles each whole frame in ``buf``; keeps the rest and reads on, or stops."""
+        at, size = 0, len(buf)
+        need = 2
+        while not self.client_terminated:
+            if size - at < 2:
+                need = 2
+                break
+            first, second = buf[at], buf[at + 1]
+            final, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
+            if first & 0x70 or (opcode & 0x8 and (length >= 126 or not final)):
+                self._abort()
+                break
+            head = 2
+            if length >= 126:  # the length follows: 16 bits for 126, 64 bits for 127
+                head, wide = (4, _U16) if length == 126 else (10, _U64)
+                if size - at < head:
+                    need = head
+                    break
+                (length,) = wide.unpack_from(buf, at + 2)
+            fragments = self._fragmented_message_buffer
+            if length + len(fragments or b"") > self.params.max_message_size:
+                self.close(1009, "message too big")
+                self._abort()
+                break
+            if second & 0x80:
+                head += 4
+            end = at + head + length
+            if end > size:
+                need = head + length
+                break
+            data = buf[at + head : end]
+            if second & 0x80:
+                data = _websocket_mask(buf[at + head - 4 : at + head], data)
+            self._wire_bytes_in += end - at
+            at = end
+            if opcode == 0:
+                if fragments is None:
+                    self._abort()
+                    break
+                fragments.extend(data)
+                if not final:
+                    continue
+                # Tornado types _fragmented_message_opcode as None; it holds an int here.
+                opcode, data = self._fragmented_message_opcode, bytes(fragments)  # type: ignore[assignment]
+                self._fragmented_message_buffer = None
+            elif not opcode & 0x8:
+                if fragments is not None:
+                    self._abort()
+                    break
+                if not final:
+                    self._fragmented_message_opcode = opcode  # type: ignore[assignment]
+                    self._fragmented_message_buffer = bytearray(data)
+                    continue
+            try:
+                handled = self._handle_message(opcode, data)
+            except ValueError:  # a close reason that is not UTF-8
+                gen_log.debug("Malformed WebSocket request received", exc_info=True)
+                self._abort()
+                break
+            if handled is not None:
+                handled.add_done_callback(functools.partial(self._cut_after, buf[at:]))
+                return
+        if self.client_terminated:
+            self._stopped()
+            return
+        if at < size:
+            rest = buf[at:] if at else buf
+            self._parts, self._have = [rest], len(rest)
+        self._need = need
+        self._read_more()
+
+    def _cut_after(self, rest: bytes, handled: Future[None]) -> None:
+        """The rest of a chunk, once the message before it no longer makes Tornado wait."""
+        self._cut(rest)
+
+    def _stopped(self, abort: bool = False) -> None:
+        """Tells the handler, once, that no frame will come any more (Tornado's loop did
+        it on leaving); ``abort``: the stream failed, drop the connection first."""
+        if abort:
+            self._abort()
+        if self._reading:
+            self._reading = False
+            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
 
     def write_text(self, data: bytes) -> Future[None]:
         """One final text frame of ``data`` (already UTF-8), built with a single copy.
