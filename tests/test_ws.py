@@ -596,6 +596,35 @@ async def test_max_in_flight_holds_the_next_message_and_replies_carry_their_ids(
     assert [d for k, d in PROBE.log if k == "block"] == ["a", "b", "c"]
 
 
+async def test_a_message_runs_in_one_task_from_its_first_step(serve: Any) -> None:
+    """The first step runs at once, but as the message's task, the same after a wait."""
+    runner = await serve()
+    async with websockets_connect(ws_url(runner)) as ws:
+        answer = await ask(ws, {"name": "task"})
+        assert answer["body"] == {"task": True, "same": True}
+
+
+async def test_a_handlers_own_asyncio_timeout_cuts_only_its_wait(serve: Any) -> None:
+    """asyncio.timeout entered in the first step is bound to the message's task: it ends
+    that wait, and the connection keeps being read and answered."""
+    runner = await serve()
+    async with websockets_connect(ws_url(runner)) as ws:
+        own = await ask(ws, {"name": "ownTimeout", "headers": {"message-id": "t"}})
+        assert (own["statusCode"], own["body"]) == (200, "my deadline passed")
+        assert (await ask(ws, {"name": "echo"}))["statusCode"] == 200
+
+
+async def test_a_context_variable_set_by_one_message_is_not_seen_by_the_next(
+    serve: Any,
+) -> None:
+    """Each message runs in its own copy of the context, as a task of its own would."""
+    runner = await serve()
+    async with websockets_connect(ws_url(runner)) as ws:
+        for payload in ("first", "second"):
+            answer = await ask(ws, {"name": "context", "payload": payload})
+            assert answer["body"] == {"seen": None}
+
+
 # -- push -----------------------------------------------------------------------------------
 
 

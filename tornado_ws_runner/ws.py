@@ -22,6 +22,7 @@ import tornado.websocket
 
 from . import protocol
 from .engine import ErrorResponse, Event, Response, StreamResponse
+from .engine.stepping import start_eagerly
 from .errors import ConnectionGone
 from .frames import BufferedProtocol13
 from .log import access_log, runner_log
@@ -251,9 +252,18 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             # message goes unanswered and the 1001 tells the client so.
             return
         conn.in_flight += 1
-        # In state.tasks for the shutdown drain; _handle takes itself out (cheaper than a
-        # done callback per message).
-        self.state.tasks.add(self.state.loop.create_task(self._handle(conn, message)))
+        loop = self.state.loop
+        task: asyncio.Task[None] | None
+        if asyncio.current_task(loop) is None:
+            # Frames are cut in a read callback: the message's first step runs now, as its
+            # task, and a message that never waits is answered before this returns.
+            task = start_eagerly(loop, self._handle(conn, message))
+        else:  # from _start_when_free's task
+            task = loop.create_task(self._handle(conn, message))
+        if task is not None:
+            # In state.tasks for the shutdown drain; _handle takes itself out (cheaper
+            # than a done callback per message).
+            self.state.tasks.add(task)
 
     async def _start_when_free(self, conn: Connection, message: str | bytes) -> None:
         while conn.in_flight >= self.state.settings.limits.max_in_flight:
