@@ -102,10 +102,10 @@ async def test_a_fragmented_message_with_a_ping_in_between(serve: Serve) -> None
 async def test_a_close_frame_after_data_in_the_same_write(serve: Serve) -> None:
     """A message and a close frame in one write: the reply, then the close echoed.
 
-    The message's handlers run at once as its frame is cut, so an event that never waits
-    is answered before the close frame is read; one that waits would find the close
-    echoed first and its reply dropped (no data frame may follow a close frame, RFC
-    6455 section 5.5.1)."""
+    The first message of a loop turn runs at once as its frame is cut, so an event that
+    never waits is answered before the close frame is read; one that waits (or one
+    started as a task) would find the close echoed first and its reply dropped (no data
+    frame may follow a close frame, RFC 6455 section 5.5.1)."""
     raw = await connected(serve)
     await raw.send_bytes(
         RawClient.frame(echo("last").encode()) + RawClient.frame(b"\x03\xe8", opcode=0x8)

@@ -604,6 +604,21 @@ async def test_a_message_runs_in_one_task_from_its_first_step(serve: Any) -> Non
         assert answer["body"] == {"task": True, "same": True}
 
 
+async def test_one_message_per_loop_turn_is_started_eagerly(serve: Any) -> None:
+    """RunnerState.eager_turn: True for the first message of a turn of the loop, False for
+    the others of that turn (they get tasks, so a busy turn's replies go out together),
+    True again in the next turn."""
+    runner = await serve()
+    state = runner.state
+    turns: list[list[bool]] = []
+    loop = asyncio.get_running_loop()
+    loop.call_soon(lambda: turns.append([state.eager_turn() for _ in range(3)]))
+    await until(lambda: turns, "a first turn")
+    loop.call_soon(lambda: turns.append([state.eager_turn()]))
+    await until(lambda: len(turns) == 2, "a later turn")
+    assert turns == [[True, False, False], [True]]
+
+
 async def test_a_handlers_own_asyncio_timeout_cuts_only_its_wait(serve: Any) -> None:
     """asyncio.timeout entered in the first step is bound to the message's task: it ends
     that wait, and the connection keeps being read and answered."""

@@ -254,11 +254,11 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         conn.in_flight += 1
         loop = self.state.loop
         task: asyncio.Task[None] | None
-        if asyncio.current_task(loop) is None:
+        if asyncio.current_task(loop) is None and self.state.eager_turn():
             # Frames are cut in a read callback: the message's first step runs now, as its
             # task, and a message that never waits is answered before this returns.
             task = start_eagerly(loop, self._handle(conn, message))
-        else:  # from _start_when_free's task
+        else:  # a later message of this loop turn, or from _start_when_free's task
             task = loop.create_task(self._handle(conn, message))
         if task is not None:
             # In state.tasks for the shutdown drain; _handle takes itself out (cheaper
