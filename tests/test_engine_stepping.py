@@ -20,18 +20,17 @@ def test_a_coroutine_that_never_waits_is_done_when_start_eagerly_returns() -> No
     async def body() -> None:
         seen.append(asyncio.current_task())
 
-    def start(loop: asyncio.AbstractEventLoop) -> None:
+    def start(loop: asyncio.AbstractEventLoop, checked: asyncio.Future[None]) -> None:
         assert start_eagerly(loop, body()) is None
         assert len(seen) == 1 and isinstance(seen[0], asyncio.Task)
         assert asyncio.current_task(loop) is None, "no task is current after the call"
-        seen.append("checked")
+        checked.set_result(None)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        loop.call_soon(start, loop)
-        for _ in range(10):
-            await asyncio.sleep(0)
-        assert seen[1:] == ["checked"]
+        checked = loop.create_future()
+        loop.call_soon(start, loop, checked)
+        await asyncio.wait_for(checked, 5)
 
     asyncio.run(main())
 
@@ -100,9 +99,11 @@ def test_an_exception_of_the_first_step_is_reported_as_the_tasks() -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _, context: reported.append(context.get("exception")))
         loop.call_soon(start_eagerly, loop, body())
-        for _ in range(10):  # the call, then the task's one turn
+        for _ in range(100):  # bounded: the call, the task's one turn, then its collection
+            gc.collect()
+            if reported:
+                break
             await asyncio.sleep(0)
-        gc.collect()
         assert [type(exc) for exc in reported] == [LookupError]
 
     asyncio.run(main())
