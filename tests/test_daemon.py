@@ -353,6 +353,23 @@ def test_event_loop_setting_picks_the_loop_that_serves(
     assert daemon.wait() == 0, daemon.output
 
 
+def test_a_log_format_asking_for_the_caller_and_thread_gets_them(
+    app: Path, tmp_path: Path, spawn: Spawner
+) -> None:
+    """Only what the format shows is collected per record (the default shows neither):
+    a format with %(funcName)s, %(lineno)d and %(threadName)s still gets real values."""
+    log = tmp_path / "runner.log"
+    fmt = "%(levelname)s %(funcName)s:%(lineno)d [%(threadName)s] %(message)s"
+    write_runner(app, f"logging: {{file: {log}, format: '{fmt}'}}\n")
+    daemon = spawn.start("--conf", str(app / "runner.yaml"))
+    wait_until("the serving line in the log file", lambda: _ports_in(log))
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    stopped = [line for line in log.read_text(encoding="utf-8").splitlines() if "stopped: " in line]
+    assert len(stopped) == 1, stopped
+    assert re.match(r"INFO stop:[1-9]\d* \[MainThread\] stopped: ", stopped[0]), stopped[0]
+
+
 # -- access log ----------------------------------------------------------------------
 
 
