@@ -9,7 +9,15 @@ import os
 import threading
 import time
 
-__all__ = ["TRACE", "access_log", "configure", "engine_log", "management_log", "runner_log"]
+__all__ = [
+    "TRACE",
+    "SecondCachingFormatter",
+    "access_log",
+    "configure",
+    "engine_log",
+    "management_log",
+    "runner_log",
+]
 
 #: Below DEBUG: per-policy and per-event durations (Configurapi's ``trace``).
 TRACE = 5
@@ -63,6 +71,31 @@ class BatchedStderrHandler(logging.StreamHandler):
         super().close()
 
 
+class SecondCachingFormatter(logging.Formatter):
+    """``logging.Formatter`` with the date and time part of ``asctime`` made once a second.
+
+    Formatting it (localtime, strftime) was 3 of the ~16 us an access line costs; lines
+    of the same second share it. Only the milliseconds are added per record. The text is
+    the same as ``logging.Formatter``'s.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second: int | None = None
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second, self._stamp = second, stamp
+        if self.default_msec_format:
+            return self.default_msec_format % (self._stamp, record.msecs)
+        return self._stamp
+
+
 #: What each LogRecord collects at every call unless switched off, and the format fields
 #: that show it (the logging HOWTO's "Optimization" section names these switches).
 _COLLECTED = {
@@ -105,7 +138,7 @@ def configure(level: str, fmt: str, file: str | None = None, syslog: bool = Fals
         fmt = "tornado-ws-runner[%(process)d]: " + fmt.replace("%(asctime)s ", "")
     else:
         handler = BatchedStderrHandler()
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(SecondCachingFormatter(fmt))
     _collect_only_what(fmt)
     numeric = TRACE if level.lower() == "trace" else logging.getLevelName(level.upper())
     for name in ("tornado_ws_runner", "tornado"):
