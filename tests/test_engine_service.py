@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from wsutil import until
 
 from tornado_ws_runner import ErrorResponse, Event, Request, Response, Service
 from tornado_ws_runner.log import TRACE
@@ -397,6 +398,7 @@ import time
 
 
 async def hang_handler(event):
+    event.response.headers["x-waiting"] = "yes"
     await asyncio.Event().wait()
 
 
@@ -491,11 +493,9 @@ def test_cancelling_the_event_reaches_a_waiting_handler(write):
     service = Service.load(write("config.yaml", HANG_CONFIG), handler_timeout=5)
 
     async def main() -> None:
-        task = asyncio.ensure_future(service.process(Event(Request("hang"))))
-        for _ in range(100):
-            if task.done():
-                break
-            await asyncio.sleep(0)
+        event = Event(Request("hang"))
+        task = asyncio.ensure_future(service.process(event))
+        await until(lambda: event.response.headers.get("x-waiting"), "the hang handler to wait")
         assert not task.done(), "the hang handler waits"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

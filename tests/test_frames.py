@@ -5,7 +5,6 @@ drops a connection for."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 from typing import Any
@@ -45,13 +44,17 @@ async def test_several_frames_in_one_write_are_each_answered_in_order(serve: Ser
 @pytest.mark.parametrize("size", [20, 200, 70_000])
 async def test_a_frame_cut_at_every_header_byte_is_answered(serve: Serve, size: int) -> None:
     """A frame's first 24 bytes (header, length of each encoding, mask, some payload)
-    arrive one at a time, the server reading each before the next; the rest in one go."""
-    raw = await connected(serve, limits={"max_message_size": 2 * READ_CHUNK})
+    arrive one at a time, the server holding each before the next is written; the rest
+    in one go."""
+    runner = await serve(limits={"max_message_size": 2 * READ_CHUNK})
+    raw = await RawClient.connect(runner.ports["listen"], "/frames")
+    await until(lambda: len(registry(runner)) == 1, "the connection registered")
+    (conn,) = registry(runner)
+    reader = conn.transport.ws_connection
     data = RawClient.frame(echo("slow", "x" * size).encode())
     for i in range(24):
         await raw.send_bytes(data[i : i + 1])
-        for _ in range(3):  # loop turns: the server's read, then its callback
-            await asyncio.sleep(0)
+        await until(lambda held=i + 1: reader._have == held, f"the server holding {i + 1} bytes")
     await raw.send_bytes(data[24:])
     answer = await reply(raw)
     assert answer["headers"]["message-id"] == "slow"
