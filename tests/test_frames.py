@@ -13,6 +13,7 @@ import pytest
 from wsutil import PROBE, RawClient, Serve, bounded, registry, until
 
 from tornado_ws_runner.frames import READ_CHUNK
+from tornado_ws_runner.sockstream import SocketStream
 
 
 def echo(message_id: str, payload: str = "") -> str:
@@ -178,4 +179,18 @@ async def test_frames_behind_a_held_message_in_the_same_write_are_kept(serve: Se
     PROBE.open("g")
     ids = [(await reply(raw))["headers"]["message-id"] for _ in range(4)]
     assert ids == ["b", "e0", "e1", "e2"]
+    raw.abort()
+
+
+async def test_frames_sent_with_the_upgrade_request_are_answered(serve: Serve) -> None:
+    """Frames in the same TCP write as the upgrade request (read by Tornado with the
+    request, before the socket moves to the event loop's transport) are answered in order."""
+    runner = await serve()
+    first = b"".join(RawClient.frame(echo(f"early{i}").encode()) for i in range(3))
+    raw = await RawClient.connect(runner.ports["listen"], "/frames", first=first)
+    assert raw.status == 101
+    ids = [(await reply(raw))["headers"]["message-id"] for _ in range(3)]
+    assert ids == ["early0", "early1", "early2"]
+    (conn,) = registry(runner)
+    assert isinstance(conn.transport.ws_connection.stream, SocketStream)
     raw.abort()

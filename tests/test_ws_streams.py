@@ -23,6 +23,8 @@ from wsutil import (
     ws_url,
 )
 
+from tornado_ws_runner.sockstream import SocketStream
+
 CHUNK = 16384  # characters per chunk of the endless producer
 FRAME = CHUNK + 400  # a chunk's frame: the chunk plus its JSON envelope and headers
 
@@ -46,18 +48,20 @@ class Sampler:
         self.conn = registry(runner).get(connection_id)
         assert self.conn is not None
         self.max_pending = 0
-        self.max_tornado_buffer = 0
+        self.max_loop_buffer = 0
         self.samples = 0
 
     def sample(self) -> None:
         self.samples += 1
         self.max_pending = max(self.max_pending, self.conn.pending_bytes)
-        # What Tornado holds for this socket and has not written to the kernel yet.
+        # What the event loop's transport holds for this socket, not yet in the kernel.
         ws = getattr(self.conn.transport, "ws_connection", None)
         stream = getattr(ws, "stream", None)
-        buffer = getattr(stream, "_write_buffer", None)
-        if buffer is not None:
-            self.max_tornado_buffer = max(self.max_tornado_buffer, len(buffer))
+        if stream is not None:
+            assert isinstance(stream, SocketStream), stream
+            assert stream.transport is not None
+            buffered = stream.transport.get_write_buffer_size()
+            self.max_loop_buffer = max(self.max_loop_buffer, buffered)
 
     async def during(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -154,7 +158,7 @@ async def test_a_paused_client_makes_the_producer_wait_and_memory_stays_bounded(
     assert PROBE.counters["p"] == stalled, "the producer waits while the client does not read"
     assert sampler.conn.pending_bytes > 0, "a frame is waiting for the socket"
     assert sampler.max_pending <= send_buffer + FRAME
-    assert 0 < sampler.max_tornado_buffer <= send_buffer + FRAME
+    assert 0 < sampler.max_loop_buffer <= send_buffer + FRAME
     # The client reads again: production resumes.
     for _ in range(stalled + 20):
         frame = await recv(conn)
@@ -177,7 +181,7 @@ async def test_concurrent_senders_share_one_bound_per_connection(serve: Serve) -
     assert not any(PROBE.flags.get(f"{k}_capped") for k in "abc")
     await sampler.during(0.3)
     assert sampler.max_pending <= send_buffer + FRAME
-    assert sampler.max_tornado_buffer <= send_buffer + FRAME
+    assert sampler.max_loop_buffer <= send_buffer + FRAME
     assert registry(runner).stalls > 0
     conn.close()
     await until(lambda: all(PROBE.flags.get(f"{k}_closed") for k in "abc"), "producers closed")
@@ -196,7 +200,7 @@ async def test_the_bound_holds_in_bytes_for_non_ascii_frames(serve: Serve) -> No
     await settle(lambda: sum(PROBE.counters[k] for k in "abcd"))
     assert not any(PROBE.flags.get(f"{k}_capped") for k in "abcd")
     await sampler.during(0.3)
-    assert 0 < sampler.max_tornado_buffer <= send_buffer + frame_bytes
+    assert 0 < sampler.max_loop_buffer <= send_buffer + frame_bytes
     assert sampler.max_pending <= send_buffer + frame_bytes
     conn.close()
     await until(lambda: all(PROBE.flags.get(f"{k}_closed") for k in "abcd"), "producers closed")

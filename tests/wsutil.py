@@ -275,8 +275,13 @@ class RawClient:
 
     @classmethod
     async def connect(
-        cls, port: int, path: str = "/raw", headers: dict[str, str] | None = None
+        cls,
+        port: int,
+        path: str = "/raw",
+        headers: dict[str, str] | None = None,
+        first: bytes = b"",
     ) -> RawClient:
+        """Upgrades; ``first``: bytes sent in the same write as the upgrade request."""
         reader, writer = await bounded(asyncio.open_connection("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
@@ -288,7 +293,7 @@ class RawClient:
             "Sec-WebSocket-Version: 13",
             *(f"{k}: {v}" for k, v in (headers or {}).items()),
         ]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + first)
         await writer.drain()
         client = cls(reader, writer)
         head = await bounded(reader.readuntil(b"\r\n\r\n"))

@@ -1,4 +1,4 @@
-"""Tornado's RFC 6455 protocol with frames read by callback and text frames written whole.
+"""Tornado's RFC 6455 protocol with frames cut from whole chunks and text frames written whole.
 
 Tornado's ``WebSocketProtocol13`` reads each frame with three or four exact-size
 ``IOStream.read_bytes`` calls (header, length, mask, payload), each a Future awaited by a
@@ -7,20 +7,24 @@ holds a task and seven coroutine frames with their locals (the upgrade's headers
 them), ~4.5 KiB (bench/memory.py); every frame leaves its rest in the stream's buffer,
 so the stream takes its reader off the event loop and puts it back, per message.
 
-Here the stream is read in whole chunks (``partial=True``), every whole frame in a
-chunk is cut from it in one call (``_cut``), and the next read is asked for with a done
-callback: an idle connection holds one read Future and that callback. The rules of
+Here the bytes arrive in whole chunks and every whole frame in a chunk is cut from it
+in one call (``_cut``). Once the handshake is done, a plain connection's socket moves to
+the event loop's own transport (sockstream.py), which hands over each chunk as it comes
+(``receive``); a TLS connection stays on its ``SSLIOStream``, read with ``partial=True``
+and a done callback. Either way an idle connection holds no coroutine. The rules of
 Tornado's ``_receive_frame`` are kept one by one (reserved bits, control frames longer
 than 125 bytes or fragmented, a continuation with nothing to continue, a new message
 inside a fragmented one: the connection is dropped; past ``max_message_size``: 1009);
 what a whole message then means (text, binary, close, ping, pong) is Tornado's own
 ``_handle_message``, unchanged, as are the close handshake and the writes.
 
-Limits: at most ``READ_CHUNK`` bytes beyond the frame being cut are held here, on top
-of what ``max_message_size`` allows; a frame's length is checked against it as soon as
-its header is in, before its payload is read. While ``on_message`` makes Tornado wait
-(it returned an awaitable), no read is pending, so the client waits in its own TCP
-window, as with Tornado's loop.
+Limits: beyond the frame being cut, at most one chunk is held here (``READ_CHUNK`` bytes
+on TLS; the event loop's read size, 256 KiB for asyncio's and uvloop's, otherwise), on
+top of what ``max_message_size`` allows; a frame's length is checked against it as soon
+as its header is in, before its payload is read. While ``on_message`` makes Tornado wait
+(it returned an awaitable), nothing is read (no read pending on TLS, the transport's
+reading paused otherwise), so the client waits in its own TCP window, as with Tornado's
+loop.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ from tornado.log import gen_log
 from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
+from .sockstream import SocketStream
+
 if TYPE_CHECKING:
     from tornado.websocket import _WebSocketParams
 
 __all__ = ["READ_CHUNK", "BufferedProtocol13"]
 
-#: bytes asked of the stream per read (more when a longer frame is being read).
+#: bytes asked of a TLS stream per read (more when a longer frame is being read).
 READ_CHUNK = 65536
 
 _SHORT = struct.Struct("!BB")
@@ -68,15 +74,26 @@ class BufferedProtocol13(WebSocketProtocol13):
         self._reading = True  # until the handler is told no more frames will come
 
     async def _receive_frame_loop(self) -> None:
-        """Asks for the first chunk, and returns.
+        """Moves a plain connection's socket to the event loop's transport, or asks a TLS
+        stream for its first chunk; then returns.
 
         Tornado awaits its frame loop at the end of the handshake, inside the request's
         ``get()``; returning lets the handshake's coroutines end (~3 KiB per idle
-        connection). From here on the reads are driven by their done callbacks.
+        connection). From here on the transport, or the reads' done callbacks, drive it.
         """
-        self._read_more()
+        stream = self.stream
+        if SocketStream.can_take(stream):
+            sockstream = SocketStream(self, stream)
+            self.stream = sockstream  # type: ignore[assignment]
+            await sockstream.connect()
+        else:
+            self._read_more()
 
     def _read_more(self) -> None:
+        stream = self.stream
+        if type(stream) is SocketStream:
+            stream.resume_reading()
+            return
         try:
             want = max(self._need - self._have, READ_CHUNK)
             read = cast("Future[bytes]", self.stream.read_bytes(want, partial=True))
@@ -91,6 +108,10 @@ class BufferedProtocol13(WebSocketProtocol13):
         except StreamClosedError:
             self._stopped(abort=True)
             return
+        self.receive(chunk)
+
+    def receive(self, chunk: bytes) -> None:
+        """Cuts the frames ``chunk`` completes, or keeps it until one is whole."""
         parts = self._parts
         if parts is None:
             if len(chunk) < self._need:
@@ -169,6 +190,8 @@ class BufferedProtocol13(WebSocketProtocol13):
                 self._abort()
                 break
             if handled is not None:
+                if type(self.stream) is SocketStream:
+                    self.stream.pause_reading()
                 handled.add_done_callback(functools.partial(self._cut_after, buf[at:]))
                 return
         if self.client_terminated:
@@ -184,6 +207,10 @@ class BufferedProtocol13(WebSocketProtocol13):
         """The rest of a chunk, once the message before it no longer makes Tornado wait."""
         self._cut(rest)
 
+    def lost(self) -> None:
+        """The SocketStream's connection is gone."""
+        self._stopped(abort=True)
+
     def _stopped(self, abort: bool = False) -> None:
         """Tells the handler, once, that no frame will come any more (Tornado's loop did
         it on leaving); ``abort``: the stream failed, drop the connection first."""
@@ -196,7 +223,7 @@ class BufferedProtocol13(WebSocketProtocol13):
     def write_text(self, data: bytes) -> Future[None]:
         """One final text frame of ``data`` (already UTF-8), built with a single copy.
 
-        The Future is the IOStream's write Future: resolved once the frame is flushed to
+        The Future is the stream's write Future: resolved once the frame is flushed to
         the socket, raising StreamClosedError if the stream closed first.
         """
         size = len(data)

@@ -173,7 +173,7 @@ class Connection:
         try:
             if self.streams and asyncio.current_task() in self.streams:
                 # A stream task is cancelled when its client leaves; shielded, that cancel
-                # does not reach the IOStream's future (Tornado would log it as an error).
+                # does not reach the stream's write Future (a TLS IOStream would log it).
                 await asyncio.shield(write)
             else:
                 await write

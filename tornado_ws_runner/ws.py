@@ -207,7 +207,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         self._log_event(conn, event, response, started)
 
     def send_text(self, data: bytes) -> Awaitable[None]:
-        """Writes one text frame; the Future is the IOStream's, resolved once flushed.
+        """Writes one text frame; the Future is the stream's, resolved once flushed.
 
         ``write_message`` returns this same Future wrapped in a new task (only to turn
         StreamClosedError into WebSocketClosedError, which Connection.send does itself);
