@@ -373,8 +373,24 @@ def test_a_log_format_asking_for_the_caller_and_thread_gets_them(
 # -- access log ----------------------------------------------------------------------
 
 
-def test_access_log_has_one_line_per_open_close_and_event(app: Path, spawn: Spawner) -> None:
-    """stderr gets one INFO access line per open, close and event (id, name, status, time)."""
+@pytest.mark.parametrize(
+    ("fmt", "shown"),
+    [
+        (None, r"INFO tornado_ws_runner\.access: "),  # the default: lines made directly
+        (
+            "%(levelname)s [%(process)d] %(name)s: %(message)s",
+            r"INFO \[\d+\] tornado_ws_runner\.access: ",
+        ),
+    ],
+    ids=["default-format", "format-through-logging"],
+)
+def test_access_log_has_one_line_per_open_close_and_event(
+    app: Path, spawn: Spawner, fmt: str | None, shown: str
+) -> None:
+    """stderr gets one INFO access line per open, close and event (id, name, status, time),
+    in the default format (made without a LogRecord) and in one that needs a record."""
+    if fmt is not None:
+        write_runner(app, f"logging: {{format: '{fmt}'}}\n")
     daemon = spawn.serving("--conf", str(app / "runner.yaml"))
 
     async def scenario() -> str:
@@ -391,7 +407,7 @@ def test_access_log_has_one_line_per_open_close_and_event(app: Path, spawn: Spaw
     assert daemon.wait() == 0
 
     access = [line for line in daemon.lines if f"tornado_ws_runner.access: {me} " in line]
-    prefix = r"INFO tornado_ws_runner\.access: " + re.escape(me)
+    prefix = shown + re.escape(me)
     expected = [
         prefix + r" open from 127\.0\.0\.1 \(.+\)$",
         prefix + r" whoami 200 \d+\.\dms$",

@@ -8,10 +8,13 @@ import logging.handlers
 import os
 import threading
 import time
+from collections.abc import Callable
 
 __all__ = [
     "TRACE",
+    "AccessLines",
     "SecondCachingFormatter",
+    "access",
     "access_log",
     "configure",
     "engine_log",
@@ -61,6 +64,16 @@ class BatchedStderrHandler(logging.StreamHandler):
         if record.name != access_log.name:
             self.flush_now()
 
+    def write_line(self, text: str) -> None:
+        """An access line formatted by AccessLines: what emit() does with it, minus the
+        LogRecord."""
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.stream.write(text + self.terminator)
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": text}))
+            self._pending = True
+
     def _flush_periodically(self) -> None:
         while True:
             time.sleep(self.interval)
@@ -87,13 +100,103 @@ class SecondCachingFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self._asctime(int(record.created), record.msecs)
+
+    def _asctime(self, second: int, msecs: float) -> str:
         if second != self._second:
-            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            stamp = time.strftime(self.default_time_format, self.converter(second))
             self._second, self._stamp = second, stamp
         if self.default_msec_format:
-            return self.default_msec_format % (self._stamp, record.msecs)
+            return self.default_msec_format % (self._stamp, msecs)
         return self._stamp
+
+    def line_maker(
+        self, name: str, levelname: str, clock: Callable[[], float] = time.time
+    ) -> Callable[[str], str] | None:
+        """A function making, from a message, the line format() makes of a record of
+        logger ``name`` at ``levelname`` created at ``clock()``; None when the format
+        shows more than ``asctime``, ``levelname``, ``name`` and ``message``."""
+        probe = _FieldProbe()
+        try:
+            self._fmt % probe  # type: ignore[operator]
+        except (TypeError, ValueError):
+            return None
+        if not probe.asked <= {"asctime", "levelname", "name", "message"}:
+            return None
+        fmt = self._fmt or ""
+        fields = {"levelname": levelname, "name": name, "asctime": "", "message": ""}
+        asctime = self._asctime if "asctime" in probe.asked else None
+
+        def make(message: str) -> str:
+            if asctime is not None:
+                now = clock()
+                second = int(now)
+                fields["asctime"] = asctime(second, int((now - second) * 1000))  # as LogRecord
+            fields["message"] = message
+            return fmt % fields
+
+        return make
+
+
+class _FieldProbe(dict[str, object]):
+    """The keys a %-format looks up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def __missing__(self, key: str) -> object:
+        self.asked.add(key)
+        return 0
+
+
+class AccessLines:
+    """The access lines: one per connection opened and closed and per event.
+
+    Through ``logging`` a line costs a LogRecord, the logger's and the handler's checks
+    and ``Formatter.format``: 37% more instructions per echo reply with the shipped
+    defaults than with access lines off (bench/instructions.py; docs/performance.md,
+    "Logging as shipped"). When ``configure`` has sent the logs to stderr at INFO or
+    below with a format showing only ``asctime``, ``levelname``, ``name`` and
+    ``message``, a line is made here, the same text the formatter makes, and handed to
+    the handler's stream: 15% more. Otherwise it goes through ``logging``. Only
+    ``configure`` switches between the two, and only ws.py's event-loop thread writes
+    lines (``make`` reuses one dict).
+    """
+
+    __slots__ = ("_direct",)
+
+    def __init__(self) -> None:
+        self._direct: Callable[[str], None] | None = None
+
+    def line(self, msg: str, *args: object) -> None:
+        """Logs ``msg % args`` on ``tornado_ws_runner.access`` at INFO."""
+        direct = self._direct
+        if direct is None:
+            access_log.info(msg, *args)
+        else:
+            direct(msg % args)
+
+    def direct_to(self, handler: logging.Handler) -> None:
+        """Writes lines straight to ``handler`` where it can (see the class), else through
+        ``logging``."""
+        self._direct = None
+        formatter = handler.formatter
+        if not (
+            isinstance(handler, BatchedStderrHandler)
+            and isinstance(formatter, SecondCachingFormatter)
+            and access_log.isEnabledFor(logging.INFO)
+        ):
+            return
+        make = formatter.line_maker(access_log.name, "INFO")
+        if make is None:
+            return
+        write = handler.write_line
+        self._direct = lambda message: write(make(message))
+
+
+#: Where ws.py writes its access lines.
+access = AccessLines()
 
 
 #: What each LogRecord collects at every call unless switched off, and the format fields
@@ -148,3 +251,4 @@ def configure(level: str, fmt: str, file: str | None = None, syslog: bool = Fals
         logger.addHandler(handler)
         logger.setLevel(numeric)
         logger.propagate = False
+    access.direct_to(handler)

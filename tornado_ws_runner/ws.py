@@ -25,7 +25,7 @@ from .engine import ErrorResponse, Event, Response, StreamResponse
 from .engine.stepping import start_eagerly
 from .errors import ConnectionGone
 from .frames import BufferedProtocol13
-from .log import access_log, runner_log
+from .log import access, runner_log
 from .registry import Connection
 from .state import Phase, RunnerState
 
@@ -124,7 +124,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         state.registry.add(conn)
         state.metrics.opened.inc()
         if settings.logging.access:
-            access_log.info("%s open from %s (%s)", conn.id, conn.source_ip, conn.user_agent or "-")
+            access.line("%s open from %s (%s)", conn.id, conn.source_ip, conn.user_agent or "-")
         if not state.service.has_event("on_connect"):
             self._release_handshake()
             conn.accepted = True
@@ -198,7 +198,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
                 connecting.cancel()
             await asyncio.wait([connecting])  # on_connect first, and its identity
         if state.settings.logging.access:
-            access_log.info("%s closed (%s)", conn.id, conn.close_code or self.close_code or "-")
+            access.line("%s closed (%s)", conn.id, conn.close_code or self.close_code or "-")
         if not state.service.has_event("on_disconnect"):
             return
         event = Event(protocol.disconnect_request(conn.headers), identity=conn.identity)
@@ -316,7 +316,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             event.name, state.service.has_event(event.name), response.status_code, seconds
         )
         if state.settings.logging.access:
-            access_log.info(
+            access.line(
                 "%s %s %d %.1fms", conn.id, event.name or "-", response.status_code, seconds * 1e3
             )
 
