@@ -116,14 +116,14 @@ class SecondCachingFormatter(logging.Formatter):
         """A function making, from a message, the line format() makes of a record of
         logger ``name`` at ``levelname`` created at ``clock()``; None when the format
         shows more than ``asctime``, ``levelname``, ``name`` and ``message``."""
+        fmt = self._style._fmt  # the format in use: the default one when none was given
         probe = _FieldProbe()
         try:
-            self._fmt % probe  # type: ignore[operator]
+            fmt % probe
         except (TypeError, ValueError):
             return None
         if not probe.asked <= {"asctime", "levelname", "name", "message"}:
             return None
-        fmt = self._fmt or ""
         fields = {"levelname": levelname, "name": name, "asctime": "", "message": ""}
         asctime = self._asctime if "asctime" in probe.asked else None
 
