@@ -26,7 +26,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient
 from wsutil import HERE, PROBE, RawClient, Serve, bounded, registry, until
 
-from tornado_ws_runner.ws import ClientHandler
+from tornado_ws_runner.ws.handler import ClientHandler
 
 FAULTS = HERE / "fixtures" / "faults" / "config.yaml"
 MAX_MESSAGE = 4096  # limits.max_message_size of the churned runner: "oversize" sends more

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from wsutil import PROBE, RawClient, Serve, bounded, registry, until
 
-from tornado_ws_runner.frames import READ_CHUNK
-from tornado_ws_runner.sockstream import SocketStream
+from tornado_ws_runner.ws.frames import READ_CHUNK
+from tornado_ws_runner.ws.sockstream import SocketStream
 
 
 def echo(message_id: str, payload: str = "") -> str:

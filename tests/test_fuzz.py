@@ -2,7 +2,7 @@
 answers it with one well-formed frame or closes that one connection with the documented
 code, and every other client keeps being served.
 
-Two levels: ``protocol.parse_message`` without sockets (it never raises, and whatever
+Two levels: ``codec.parse_message`` without sockets (it never raises, and whatever
 it returns encodes to valid UTF-8 JSON), and a live runner (tests/fixtures/reliability)
 fed arbitrary text, bytes, JSON of every shape and type, nesting far past the parser's
 recursion limit, and frames at and just over ``limits.max_message_size``. A second,
@@ -38,7 +38,8 @@ from wsutil import (
     ws_url,
 )
 
-from tornado_ws_runner import ErrorResponse, Request, Response, protocol
+from tornado_ws_runner import ErrorResponse, Request, Response
+from tornado_ws_runner.ws import codec
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "reliability"))
 
@@ -111,7 +112,7 @@ def predict(data: str | bytes) -> Expected:
         name = message.get("action")
     bad = (
         (name is not None and not isinstance(name, str))
-        or name in protocol.RESERVED_NAMES
+        or name in codec.RESERVED_NAMES
         or any(
             message.get(key) is not None and not isinstance(message.get(key), dict)
             for key in ("params", "query")
@@ -356,15 +357,15 @@ def wire(text: str, binary: bool) -> str | bytes:
 def check_parsed(data: str | bytes) -> tuple[Request | ErrorResponse, Any]:
     """parse_message's result is a (Request | ErrorResponse, message-id) pair whose
     frames encode to valid UTF-8 JSON that reads back to the same values."""
-    request, message_id = protocol.parse_message(data, CONN)
+    request, message_id = codec.parse_message(data, CONN)
     assert isinstance(request, (Request, ErrorResponse))
     if isinstance(request, ErrorResponse):
         assert request.status_code == 400
-        frame = strict_frame(protocol.encode(request, message_id).encode("utf-8").decode())
+        frame = strict_frame(codec.encode(request, message_id).encode("utf-8").decode())
         assert set(frame["body"]) == {"statusCode", "message", "details"}
     else:
         echo = Response({"name": request.name, "payload": request.payload}, 200)
-        frame = strict_frame(protocol.encode(echo, message_id).encode("utf-8").decode())
+        frame = strict_frame(codec.encode(echo, message_id).encode("utf-8").decode())
         assert frame["body"] == {"name": request.name, "payload": request.payload}
     if message_id is not None:
         assert frame["headers"]["message-id"] == message_id

@@ -18,7 +18,7 @@ from wsutil import (
     ws_url,
 )
 
-from tornado_ws_runner import keepalive
+from tornado_ws_runner.ws import keepalive
 
 
 async def test_a_peer_that_never_answers_pings_is_closed(serve: Serve) -> None:

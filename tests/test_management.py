@@ -19,8 +19,8 @@ import management_harness as h
 from management_harness import async_test, body_of, raw_http, running, settings, until
 
 from tornado_ws_runner.errors import ConfigError
-from tornado_ws_runner.management import read_management_token
-from tornado_ws_runner.state import Phase
+from tornado_ws_runner.management.app import read_management_token
+from tornado_ws_runner.runtime import Phase
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 TOKEN = "s3cret-token"

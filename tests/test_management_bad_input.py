@@ -32,7 +32,7 @@ import management_harness as h
 from live_runner import LiveRunner
 from management_harness import async_test, body_of, raw_http, running
 
-from tornado_ws_runner.postback_rules import Problem, parse_body
+from tornado_ws_runner.management.rules import Problem, parse_body
 
 TOKEN = "s3cret-token"
 LEAKS = ("Traceback", 'File "', ".py")

@@ -17,8 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "management"))
 
 from management_harness import async_test, running, settings
 
-from tornado_ws_runner import ErrorResponse, JsonResponse, Response
-from tornado_ws_runner.postback import ws_postback_function
+from tornado_ws_runner import ErrorResponse, JsonResponse, Response, ws_postback_function
 
 
 @pytest.mark.parametrize(
@@ -186,6 +185,6 @@ class _server:
 
 def test_node_name_is_the_same_function():
     """wsPostbackFunction (the Node name) is ws_postback_function."""
-    from tornado_ws_runner.postback import wsPostbackFunction
+    from tornado_ws_runner import wsPostbackFunction
 
     assert wsPostbackFunction is ws_postback_function

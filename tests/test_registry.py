@@ -13,7 +13,7 @@ from tornado.websocket import WebSocketClosedError
 from wsutil import stays, until
 
 from tornado_ws_runner.errors import ConnectionGone
-from tornado_ws_runner.registry import Connection, Registry
+from tornado_ws_runner.ws.registry import Connection, Registry
 
 
 class FakeTransport:

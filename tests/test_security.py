@@ -55,9 +55,10 @@ from live_runner import CONFIG as RELIABILITY
 from live_runner import SECRET
 from management_harness import async_test, body_of, running
 
-from tornado_ws_runner import management, protocol
-from tornado_ws_runner.registry import Connection, Registry
+from tornado_ws_runner.management import app as management
 from tornado_ws_runner.settings import RunnerSettings, load_settings, tls_context
+from tornado_ws_runner.ws import codec
+from tornado_ws_runner.ws.registry import Connection, Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
@@ -310,7 +311,7 @@ async def test_connection_ids_are_random_uuid4s(serve: Serve) -> None:
     reg = Registry()
     transport: Any = types.SimpleNamespace()
     assert_random_uuid4s([Connection(reg, transport).id for _ in range(1000)])
-    assert_random_uuid4s([protocol.stream_id() for _ in range(1000)])
+    assert_random_uuid4s([codec.stream_id() for _ in range(1000)])
 
 
 # -- nothing internal in any answer, unless error_details is on --------------------------------

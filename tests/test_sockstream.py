@@ -13,7 +13,7 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from wsutil import bounded, until
 
-from tornado_ws_runner.sockstream import SocketStream
+from tornado_ws_runner.ws.sockstream import SocketStream
 
 
 class Recorder:

@@ -44,7 +44,7 @@ from wsutil import (
 
 from tornado_ws_runner import Response
 from tornado_ws_runner.errors import ConnectionGone
-from tornado_ws_runner.ws import ClientHandler
+from tornado_ws_runner.ws.handler import ClientHandler
 
 
 async def connection_id_of(conn: Any) -> str:

@@ -23,7 +23,7 @@ from wsutil import (
     ws_url,
 )
 
-from tornado_ws_runner.sockstream import SocketStream
+from tornado_ws_runner.ws.sockstream import SocketStream
 
 CHUNK = 16384  # characters per chunk of the endless producer
 FRAME = CHUNK + 400  # a chunk's frame: the chunk plus its JSON envelope and headers

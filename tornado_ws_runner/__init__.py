@@ -16,7 +16,7 @@ from .engine import (
     StreamResponse,
 )
 from .errors import ConfigError
-from .postback import ws_postback_function, wsPostbackFunction
+from .management.postback import ws_postback_function, wsPostbackFunction
 from .runner import WsRunner
 
 __all__ = [

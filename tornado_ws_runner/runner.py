@@ -22,16 +22,16 @@ from tornado.ioloop import PeriodicCallback
 
 from .engine import Service
 from .errors import ConfigError, StartupError
-from .keepalive import KeepAlive
 from .log import runner_log
-from .management import make_management_app
+from .management.app import make_management_app
 from .metrics import Metrics
-from .registry import Registry
+from .runtime import Phase, RunnerState
 from .settings import RunnerSettings, tls_context
-from .state import Phase, RunnerState
-from .ws import ClientHandler
+from .ws.handler import ClientHandler
+from .ws.keepalive import KeepAlive
+from .ws.registry import Registry
 
-__all__ = ["Notify", "WsRunner"]
+__all__ = ["Notify", "WsRunner", "load_service", "run_on_loop"]
 
 #: Receives systemd notify strings ("READY=1", "RELOADING=1", "STOPPING=1").
 Notify = Callable[[str], None]
@@ -47,6 +47,21 @@ def _bind(host: str, port: int, what: str) -> list[socket.socket]:
                 f"cannot listen for {what} on {host}:{port}: port {port} is in use"
             ) from None
         raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+
+
+def load_service(settings: RunnerSettings, reload: bool = False) -> Service:
+    """The API that ``settings`` name, loaded with the engine options runner.yaml sets.
+
+    ``reload``: handler modules are imported afresh (SIGHUP). Raises ConfigError.
+    """
+    return Service.load(
+        settings.api,
+        environment=settings.environment,
+        reload=reload,
+        error_details=settings.error_details,
+        handler_timeout=settings.timeouts.handler or None,
+        blocking_warning=settings.timeouts.blocking_warning or None,
+    )
 
 
 def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str = "auto") -> None:
@@ -153,20 +168,10 @@ class WsRunner:
 
     # -- start / reload / stop ----------------------------------------------------
 
-    def _load_service(self) -> Service:
-        s = self.settings
-        return Service.load(
-            s.api,
-            environment=s.environment,
-            error_details=s.error_details,
-            handler_timeout=s.timeouts.handler or None,
-            blocking_warning=s.timeouts.blocking_warning or None,
-        )
-
     async def start(self) -> None:
         """Loads the API, runs on_start, binds every port; raises ConfigError/StartupError."""
         s = self.settings
-        service = self._service or self._load_service()
+        service = self._service or load_service(s)
         try:
             await service.start()
         except Exception as exc:
@@ -262,14 +267,7 @@ class WsRunner:
         if state is None:
             return False
         try:
-            service = Service.load(
-                self.settings.api,
-                environment=self.settings.environment,
-                reload=True,
-                error_details=self.settings.error_details,
-                handler_timeout=self.settings.timeouts.handler or None,
-                blocking_warning=self.settings.timeouts.blocking_warning or None,
-            )
+            service = load_service(self.settings, reload=True)
             await service.start()
         except ConfigError as exc:
             runner_log.error("reload failed, the old config stays in service:\n%s", exc)

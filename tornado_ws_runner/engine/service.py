@@ -20,10 +20,10 @@ from typing import Any
 from ..errors import ConfigError, ConfigIssue, RunnerError
 from ..log import TRACE, engine_log
 from .config import LOG_LEVELS, ApiConfig, EventSpec, load_api_config, suggest
+from .deadline import first_step
 from .event import Event, Request
 from .handlers import discover_handlers
 from .responses import ErrorResponse, Response
-from .stepping import first_step
 
 __all__ = ["COMPLETE", "CONTINUE", "LIFECYCLE_EVENTS", "Result", "Service"]
 

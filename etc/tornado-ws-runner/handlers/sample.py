@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tornado_ws_runner import COMPLETE, ErrorResponse, Identity, Response, StreamResponse
-from tornado_ws_runner.postback import ws_postback_function
+from tornado_ws_runner import ws_postback_function
 
 
 def requireTokenHandler(event, expected):

@@ -30,14 +30,14 @@ from typing import Any
 import tornado.httputil
 import tornado.web
 
-from . import protocol
-from .errors import ConfigError, ConfigIssue, ConnectionGone
-from .log import management_log
-from .metrics import CONTENT_TYPE
-from .postback_rules import JSON_TYPE, Problem, forwarded_headers, message, parse_body
-from .registry import Connection
-from .settings import RunnerSettings
-from .state import Phase, RunnerState
+from ..errors import ConfigError, ConfigIssue, ConnectionGone
+from ..log import management_log
+from ..metrics import CONTENT_TYPE
+from ..runtime import Phase, RunnerState
+from ..settings import RunnerSettings
+from ..ws import codec
+from ..ws.registry import Connection
+from .rules import JSON_TYPE, Problem, forwarded_headers, message, parse_body
 
 __all__ = ["make_management_app", "read_management_token"]
 
@@ -166,7 +166,7 @@ class BaseHandler(tornado.web.RequestHandler):
     # -- answers -----------------------------------------------------------------
 
     def send_json(self, value: Any, status: int = 200) -> None:
-        self.send(protocol.dumps(value), JSON_TYPE, status)
+        self.send(codec.dumps(value), JSON_TYPE, status)
 
     def send(self, body: str | bytes, content_type: str, status: int = 200) -> None:
         if self.refused:  # a chunked body passed the limit: the 413 went out already
@@ -195,7 +195,7 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Connection", "close")
         self.set_header("Content-Type", JSON_TYPE)
         body = {"statusCode": status_code, "message": message(status_code), "details": details}
-        self.finish(protocol.dumps(body))
+        self.finish(codec.dumps(body))
 
     def allowed_methods(self) -> list[str]:
         base = tornado.web.RequestHandler
@@ -285,7 +285,7 @@ class _ConnectionRoute(BaseHandler):
         except Problem:
             postbacks.labels("bad_request").inc()
             raise
-        frame = protocol.dumps(
+        frame = codec.dumps(
             {"statusCode": 200, "headers": forwarded_headers(self.request.headers), "body": body}
         )
         try:

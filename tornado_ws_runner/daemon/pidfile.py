@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from .errors import StartupError
+from ..errors import StartupError
 
 __all__ = ["PidFile"]
 

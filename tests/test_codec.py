@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tornado_ws_runner import ErrorResponse, Request, Response
-from tornado_ws_runner import protocol as p
+from tornado_ws_runner.ws import codec as p
 
 CONN = {
     "connection-id": "c-1",

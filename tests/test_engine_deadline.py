@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from wsutil import until
 
-from tornado_ws_runner.engine.stepping import start_eagerly
+from tornado_ws_runner.engine.deadline import start_eagerly
 
 
 def test_a_coroutine_that_never_waits_is_done_when_start_eagerly_returns() -> None:

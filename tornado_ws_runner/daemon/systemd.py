@@ -12,7 +12,7 @@ import socket
 
 from tornado.ioloop import PeriodicCallback
 
-from .log import runner_log
+from ..log import runner_log
 
 __all__ = ["Notifier"]
 

@@ -2,7 +2,7 @@
 client gets, which request headers go along, and the shape of every error answer.
 
 Kept apart from the RequestHandlers (management.py) so the rules are tested without a
-server, as protocol.py keeps the WebSocket rules.
+server, as codec.py keeps the WebSocket rules.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import tornado.httputil
 import tornado.web
 
-from . import protocol
+from ..ws import codec
 
 __all__ = ["FILTERED_HEADERS", "JSON_TYPE", "Problem", "forwarded_headers", "message", "parse_body"]
 
@@ -114,6 +114,6 @@ def parse_body(body: bytes, content_type: str) -> Any:
         return text
     try:
         # NaN, Infinity and 1e400 would reach the client as frames that are not JSON.
-        return protocol.loads(text)
+        return codec.loads(text)
     except (ValueError, RecursionError) as exc:
         raise Problem(400, f"The body is not valid JSON: {exc}") from None

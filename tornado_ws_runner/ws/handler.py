@@ -20,14 +20,14 @@ import tornado.iostream
 import tornado.web
 import tornado.websocket
 
-from . import protocol
-from .engine import ErrorResponse, Event, Response, StreamResponse
-from .engine.stepping import start_eagerly
-from .errors import ConnectionGone
+from ..engine import ErrorResponse, Event, Response, StreamResponse
+from ..engine.deadline import start_eagerly
+from ..errors import ConnectionGone
+from ..log import access, runner_log
+from ..runtime import Phase, RunnerState
+from . import codec
 from .frames import BufferedProtocol13
-from .log import access, runner_log
 from .registry import Connection
-from .state import Phase, RunnerState
 
 __all__ = ["ClientHandler"]
 
@@ -94,7 +94,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         return self.detach()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.finish(protocol.error_frame(status_code, self._reason, "", None))
+        self.finish(codec.error_frame(status_code, self._reason, "", None))
 
     # -- open / close ------------------------------------------------------------
 
@@ -134,7 +134,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         url = urlsplit(request.uri or "/")
         query = {k: v[0].decode("utf-8", "replace") for k, v in request.query_arguments.items()}
         connect = Event(
-            protocol.connect_request("on_connect", headers, query, url.path, conn.headers)
+            codec.connect_request("on_connect", headers, query, url.path, conn.headers)
         )
         started = time.perf_counter()
         # A tracked task: shutdown drains on_connect like any event in flight, and a
@@ -201,7 +201,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             access.line("%s closed (%s)", conn.id, conn.close_code or self.close_code or "-")
         if not state.service.has_event("on_disconnect"):
             return
-        event = Event(protocol.disconnect_request(conn.headers), identity=conn.identity)
+        event = Event(codec.disconnect_request(conn.headers), identity=conn.identity)
         started = time.perf_counter()
         response = await state.service.process(event)
         self._log_event(conn, event, response, started)
@@ -276,9 +276,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
 
     async def _handle(self, conn: Connection, message: str | bytes) -> None:
         try:
-            request, message_id = protocol.parse_message(message, conn.headers)
+            request, message_id = codec.parse_message(message, conn.headers)
             if isinstance(request, ErrorResponse):
-                await self._send(conn, protocol.encode(request, message_id), last=True)
+                await self._send(conn, codec.encode(request, message_id), last=True)
                 return
             event = Event(request, identity=conn.identity)
             started = time.perf_counter()
@@ -298,11 +298,11 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
 
     def _encode(self, response: Response, message_id: Any) -> str:
         try:
-            return protocol.encode(response, message_id)
+            return codec.encode(response, message_id)
         except (TypeError, ValueError, RecursionError) as exc:
             runner_log.error("cannot encode the response as JSON: %s", exc)
             error = self.state.service.error_response(exc)
-            return protocol.encode(error, message_id)
+            return codec.encode(error, message_id)
 
     async def _send(self, conn: Connection, frame: str, last: bool = False) -> None:
         self.state.metrics.sent(await conn.send(frame, last))
@@ -326,9 +326,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         async def push(response: Response | dict[str, Any]) -> None:
             """Sends an out-of-band frame to this client; raises ConnectionGone if it left."""
             if isinstance(response, Response):
-                frame = protocol.encode(response, response.headers.get("message-id"))
+                frame = codec.encode(response, response.headers.get("message-id"))
             else:
-                frame = protocol.strict_dumps(response)
+                frame = codec.strict_dumps(response)
             await self._send(conn, frame)
 
         return push
@@ -338,13 +338,13 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         task = asyncio.current_task()
         assert task is not None
         conn.add_stream(task)
-        sid = protocol.stream_id()
+        sid = codec.stream_id()
         chunks = _aiter(response.body)
         error: ErrorResponse | None = None
         try:
             try:
                 async for chunk in chunks:
-                    frame = protocol.stream_chunk(response, chunk, sid, message_id)
+                    frame = codec.stream_chunk(response, chunk, sid, message_id)
                     await self._send(conn, frame)
                     self.state.metrics.stream_chunks.inc()
             except (ConnectionGone, asyncio.CancelledError):
@@ -352,7 +352,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             except Exception as exc:
                 runner_log.warning("%s stream producer failed: %r", conn.id, exc)
                 error = self.state.service.error_response(exc)
-            await self._send(conn, protocol.stream_done(response, sid, message_id, error))
+            await self._send(conn, codec.stream_done(response, sid, message_id, error))
         except asyncio.CancelledError:
             if not conn.closing:
                 raise

@@ -13,14 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ._version import __version__
-from .engine import Service
-from .errors import ConfigError, ConfigIssue, StartupError
-from .log import configure, runner_log
-from .management import read_management_token
+from .._version import __version__
+from ..engine import Service
+from ..errors import ConfigError, ConfigIssue, StartupError
+from ..log import configure, runner_log
+from ..management.app import read_management_token
+from ..runner import WsRunner, load_service, run_on_loop
+from ..settings import RunnerSettings, load_settings, tls_context
 from .pidfile import PidFile
-from .runner import WsRunner, run_on_loop
-from .settings import RunnerSettings, load_settings, tls_context
 from .systemd import Notifier
 
 __all__ = ["DEFAULT_CONF", "main"]
@@ -79,13 +79,7 @@ def _check(settings: RunnerSettings) -> Service:
         tls_context(settings)
     if settings.management.enabled:
         read_management_token(settings)
-    return Service.load(
-        settings.api,
-        environment=settings.environment,
-        error_details=settings.error_details,
-        handler_timeout=settings.timeouts.handler or None,
-        blocking_warning=settings.timeouts.blocking_warning or None,
-    )
+    return load_service(settings)
 
 
 def _daemonize(runner: WsRunner, settings: RunnerSettings, pidfile: PidFile) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import tornado.httpclient
 from tornado.simple_httpclient import HTTPTimeoutError
 
-from .engine.responses import ErrorResponse, Response, StreamResponse
-from .protocol import dumps
+from ..engine.responses import ErrorResponse, Response, StreamResponse
+from ..ws.codec import dumps
 
 __all__ = ["DEFAULT_TIMEOUT", "wsPostbackFunction", "ws_postback_function"]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from .engine import Service
 from .metrics import Metrics
-from .registry import Registry
 from .settings import RunnerSettings
+from .ws.registry import Registry
 
 __all__ = ["Phase", "RunnerState"]
 

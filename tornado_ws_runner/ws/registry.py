@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
-from .errors import ConnectionGone
+from ..errors import ConnectionGone
 
 __all__ = ["Connection", "Registry", "Transport"]
 

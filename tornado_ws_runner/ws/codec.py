@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .engine import LIFECYCLE_EVENTS, ErrorResponse, Request, Response
+from ..engine import LIFECYCLE_EVENTS, ErrorResponse, Request, Response
 
 __all__ = [
     "CONNECTION_EVENTS",

@@ -1,0 +1,1 @@
+"""The daemon shell: the command line, the pidfile and systemd notification."""

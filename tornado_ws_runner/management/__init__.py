@@ -1,0 +1,1 @@
+"""The management port: its RequestHandlers, their rules, and the postback client."""
