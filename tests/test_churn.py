@@ -240,7 +240,7 @@ async def test_churn_of_two_thousand_connections_leaks_nothing(serve: Serve) -> 
     assert len(connected) == total, "every connection ran on_connect"
     assert set(disconnected) == set(connected)
     assert set(disconnected.values()) == {1}, "on_disconnect ran exactly once per connection"
-    assert len(registry(runner)) == 0 and not registry(runner).sending
+    assert len(registry(runner)) == 0 and not runner.state.watch.sending
     assert tally("gated_started") == tally("gated_ended"), "every handler in flight ended"
     # Twice per round a close frame follows the message; once a reset does, which may
     # reach the server before it read the message (then no handler started).

@@ -402,7 +402,7 @@ async def test_postback_stuck_on_a_full_send_buffer_answers_410_when_the_client_
     # kernel's autotuning allows at the moment (a full socket may take 200 KB more).
     connection = registry(runner).get(cid)
     assert connection is not None
-    server_socket = connection.transport.ws_connection.stream.socket
+    server_socket = connection.socket.ws_connection.stream.socket
     server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
     raw.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
     await raw.send_text('{"name": "stream", "payload": {"size": 16384}}')
@@ -411,7 +411,7 @@ async def test_postback_stuck_on_a_full_send_buffer_answers_410_when_the_client_
     # The raw client reads no more: the producer fills the socket, then waits for a flush.
     await settle(lambda: tally("stream_chunks")[cid])
     assert not PROBE.flags.get("stream_capped"), "the producer was never held back"
-    queued, stalls = connection.pending_bytes, registry(runner).stalls
+    queued, stalls = connection.pending_bytes, runner.state.watch.stalls
     assert queued > 0
     # for_room: too big to join the queued frame within the bound, it waits for room;
     # for_flush: it fits, is handed to the socket and waits behind the stuck frame.
@@ -430,7 +430,7 @@ async def test_postback_stuck_on_a_full_send_buffer_answers_410_when_the_client_
         )
     )
     if stuck == "for_room":
-        await until(lambda: registry(runner).stalls > stalls, "the POST to wait for room")
+        await until(lambda: runner.state.watch.stalls > stalls, "the POST to wait for room")
     else:
         await until(lambda: connection.pending_bytes > queued + size, "the POST's frame queued")
     await stays(lambda: not post.done(), 0.1, "the POST waits while the buffer is full")

@@ -58,7 +58,9 @@ from management_harness import async_test, body_of, running
 from tornado_ws_runner.management import app as management
 from tornado_ws_runner.settings import RunnerSettings, load_settings, tls_context
 from tornado_ws_runner.ws import codec
-from tornado_ws_runner.ws.registry import Connection, Registry
+from tornado_ws_runner.ws.connection import Connection
+from tornado_ws_runner.ws.registry import Registry
+from tornado_ws_runner.ws.sender import SendWatch
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
@@ -308,9 +310,9 @@ async def test_connection_ids_are_random_uuid4s(serve: Serve) -> None:
     for conn in conns:
         conn.close()
 
-    reg = Registry()
-    transport: Any = types.SimpleNamespace()
-    assert_random_uuid4s([Connection(reg, transport).id for _ in range(1000)])
+    reg, watch = Registry(), SendWatch()
+    socket: Any = types.SimpleNamespace()
+    assert_random_uuid4s([Connection(reg, watch, socket).id for _ in range(1000)])
     assert_random_uuid4s([codec.stream_id() for _ in range(1000)])
 
 

@@ -597,26 +597,11 @@ async def test_max_in_flight_holds_the_next_message_and_replies_carry_their_ids(
 
 
 async def test_a_message_runs_in_one_task_from_its_first_step(serve: Any) -> None:
-    """The first step runs at once, but as the message's task, the same after a wait."""
+    """A message's handlers run in one task of their own, the same after a wait."""
     runner = await serve()
     async with websockets_connect(ws_url(runner)) as ws:
         answer = await ask(ws, {"name": "task"})
         assert answer["body"] == {"task": True, "same": True}
-
-
-async def test_one_message_per_loop_turn_is_started_eagerly(serve: Any) -> None:
-    """RunnerState.eager_turn: True for the first message of a turn of the loop, False for
-    the others of that turn (they get tasks, so a busy turn's replies go out together),
-    True again in the next turn."""
-    runner = await serve()
-    state = runner.state
-    turns: list[list[bool]] = []
-    loop = asyncio.get_running_loop()
-    loop.call_soon(lambda: turns.append([state.eager_turn() for _ in range(3)]))
-    await until(lambda: turns, "a first turn")
-    loop.call_soon(lambda: turns.append([state.eager_turn()]))
-    await until(lambda: len(turns) == 2, "a later turn")
-    assert turns == [[True, False, False], [True]]
 
 
 async def test_a_handlers_own_asyncio_timeout_cuts_only_its_wait(serve: Any) -> None:

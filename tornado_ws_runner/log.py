@@ -94,6 +94,7 @@ class SecondCachingFormatter(logging.Formatter):
 
     def __init__(self, fmt: str) -> None:
         super().__init__(fmt)
+        self.fmt = fmt
         self._second: int | None = None
         self._stamp = ""
 
@@ -116,7 +117,7 @@ class SecondCachingFormatter(logging.Formatter):
         """A function making, from a message, the line format() makes of a record of
         logger ``name`` at ``levelname`` created at ``clock()``; None when the format
         shows more than ``asctime``, ``levelname``, ``name`` and ``message``."""
-        fmt = self._style._fmt  # the format in use: the default one when none was given
+        fmt = self.fmt
         probe = _FieldProbe()
         try:
             fmt % probe
@@ -202,7 +203,6 @@ access = AccessLines()
 #: What each LogRecord collects at every call unless switched off, and the format fields
 #: that show it (the logging HOWTO's "Optimization" section names these switches).
 _COLLECTED = {
-    "_srcfile": ("%(pathname)", "%(filename)", "%(module)", "%(funcName)", "%(lineno)"),
     "logThreads": ("%(thread)", "%(threadName)"),
     "logProcesses": ("%(process)",),
     "logMultiprocessing": ("%(processName)",),
@@ -217,14 +217,12 @@ _ON = {switch: getattr(logging, switch) for switch in _COLLECTED if hasattr(logg
 def _collect_only_what(fmt: str) -> None:
     """Lets LogRecords collect only what ``fmt`` shows.
 
-    The caller's file and line alone is a walk up the stack per record: with the access
-    line on (the default), each event's line cost 23% more instructions per reply, 18%
-    without these (bench/instructions.py). The switches are process-wide: this process's
-    logging is configured here, from runner.yaml, and nowhere else.
+    The switches are the logging module's documented ones, and process-wide: this
+    process's logging is configured here, from runner.yaml, and nowhere else.
     """
     for switch, on in _ON.items():
         shown = any(field in fmt for field in _COLLECTED[switch])
-        setattr(logging, switch, on if shown else (None if switch == "_srcfile" else False))
+        setattr(logging, switch, on if shown else False)
 
 
 def configure(level: str, fmt: str, file: str | None = None, syslog: bool = False) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
-from tornado.ioloop import PeriodicCallback
 
 from .engine import Service
 from .errors import ConfigError, StartupError
@@ -30,6 +29,7 @@ from .settings import RunnerSettings, tls_context
 from .ws.handler import ClientHandler
 from .ws.keepalive import KeepAlive
 from .ws.registry import Registry
+from .ws.sender import SendWatch
 
 __all__ = ["Notify", "WsRunner", "load_service", "run_on_loop"]
 
@@ -94,7 +94,6 @@ class WsRunner:
         self.ports: dict[str, int] = {}
         self._servers: list[tornado.httpserver.HTTPServer] = []
         self._management: tornado.httpserver.HTTPServer | None = None
-        self._sweeper: PeriodicCallback | None = None
         self._keepalive: KeepAlive | None = None
         self._sockets: dict[str, list[socket.socket]] = {}
         self._tls_context: ssl.SSLContext | None = None
@@ -176,12 +175,12 @@ class WsRunner:
             await service.start()
         except Exception as exc:
             raise StartupError(f"on_start failed: {exc!r}") from exc
-        registry = Registry(send_buffer=s.limits.send_buffer, send_timeout=s.timeouts.send)
+        registry = Registry()
+        watch = SendWatch(send_buffer=s.limits.send_buffer, send_timeout=s.timeouts.send)
         metrics = Metrics()
-        metrics.watch_registry(
-            lambda: len(registry), lambda: (registry.stalls, registry.slow_consumers)
-        )
-        state = self.state = RunnerState(s, service, registry, metrics, asyncio.get_running_loop())
+        metrics.watch_registry(lambda: len(registry), lambda: (watch.stalls, watch.slow_consumers))
+        loop = asyncio.get_running_loop()
+        state = self.state = RunnerState(s, service, registry, watch, metrics, loop)
         app = tornado.web.Application(
             [(r".*", ClientHandler, {"state": state})],
             websocket_max_message_size=s.limits.max_message_size,
@@ -193,10 +192,7 @@ class WsRunner:
             self._close_servers()
             self.unbind()
             raise
-        interval = max(0.05, min(1.0, s.timeouts.send / 4)) * 1000 if s.timeouts.send else 0
-        if interval:
-            self._sweeper = PeriodicCallback(registry.sweep, interval)
-            self._sweeper.start()
+        watch.start()
         if s.timeouts.ping_interval:
             ping = s.timeouts.ping_interval
             self._keepalive = KeepAlive(registry, ping, s.timeouts.ping_timeout or ping)
@@ -292,14 +288,13 @@ class WsRunner:
         timeout = self.settings.timeouts.drain if drain_timeout is None else drain_timeout
         state.phase = Phase.DRAINING
         self._close_servers()
-        if self._sweeper is not None:
-            self._sweeper.stop()
+        state.watch.stop()
         if self._keepalive is not None:
             await self._keepalive.stop()
         deadline = time.monotonic() + timeout
         if state.tasks:
             await asyncio.wait(set(state.tasks), timeout=timeout)
-        transports = [conn.transport for conn in state.registry]
+        clients = [conn.socket for conn in state.registry]
         for conn in state.registry:
             conn.close(1001, "Going Away")
         remaining = max(0.0, deadline - time.monotonic())
@@ -309,18 +304,18 @@ class WsRunner:
         for task in cut:
             task.cancel()
         closing = [
-            t.closed for t in transports if isinstance(t, ClientHandler) and not t.closed.done()
+            c.closed for c in clients if isinstance(c, ClientHandler) and not c.closed.done()
         ]
         if closing:
             await asyncio.wait(closing, timeout=CLOSE_WAIT)
-        for transport in transports:
-            transport.abort()
+        for client in clients:
+            client.abort()
         if self._management is not None:
             self._management.stop()
             await self._management.close_all_connections()
         state.phase = Phase.STOPPED
         runner_log.info(
             "stopped: %d connections closed, %d events cut by the drain timeout",
-            len(transports),
+            len(clients),
             len(cut),
         )

@@ -1,25 +1,18 @@
-"""Running a coroutine up to its first suspension now, and the rest only if there is one.
+"""The handler deadline, armed only by the chains that wait.
 
-Most handler chains never wait for anything: they finish in their first step. Whatever
-must be armed for a chain that waits (the handler deadline, a timer on the loop) is then
-armed only by the chains that do, from where they stopped, in the same task, so
-``asyncio.current_task()`` and anything bound to it stay right (``first_step``).
-
-One level up, a message's task is started the same way (``start_eagerly``): its first
-step runs at once, as that task, so a message that never waits is answered without the
-loop turn a new task waits for (one message on one connection was answered ~20% later
-for that turn alone; docs/performance.md).
+Most handler chains never wait for anything: they finish in their first step, and a
+deadline (a timer on the loop) would be armed and cancelled for nothing. ``first_step``
+runs a coroutine up to its first suspension; only a chain that suspended goes on under
+the deadline, from where it stopped, in the same task, so ``asyncio.current_task()`` and
+anything bound to it stay right.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["Suspended", "first_step", "start_eagerly"]
+__all__ = ["Suspended", "first_step"]
 
 
 class Suspended(Coroutine[Any, Any, None]):
@@ -99,26 +92,3 @@ def first_step(coro: Coroutine[Any, Any, None]) -> Suspended | None:
     except StopIteration:
         return None
     return Suspended(coro, yielded)
-
-
-def start_eagerly(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
-) -> asyncio.Task[None] | None:
-    """A task for ``coro`` whose first step runs now, as that task; None if it finished.
-
-    During the step ``asyncio.current_task()`` is the task that will run the rest, so an
-    ``asyncio.timeout`` or a stream registered there is bound to the right task (Python
-    3.12's ``eager_start``, done with the ``_enter_task``/``_leave_task`` it uses). The
-    step runs in a copy of the current context, as a task's would. The task of a
-    finished step only ends in its first turn (or raises what the step raised, logged
-    like any task's). Callers must not run inside a task: one loop has one current task.
-    """
-    rest = Suspended(coro)
-    context = contextvars.copy_context()
-    task: asyncio.Task[None] = loop.create_task(rest, context=context)
-    _enter_task(loop, task)
-    try:
-        suspended = context.run(rest.step)
-    finally:
-        _leave_task(loop, task)
-    return task if suspended else None

@@ -36,7 +36,7 @@ from ..metrics import CONTENT_TYPE
 from ..runtime import Phase, RunnerState
 from ..settings import RunnerSettings
 from ..ws import codec
-from ..ws.registry import Connection
+from ..ws.connection import Connection
 from .rules import JSON_TYPE, Problem, forwarded_headers, message, parse_body
 
 __all__ = ["make_management_app", "read_management_token"]

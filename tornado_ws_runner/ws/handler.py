@@ -1,9 +1,11 @@
-"""The client-facing WebSocketHandler: socket -> protocol -> engine -> protocol -> socket.
+"""The client port's WebSocketHandler: socket -> codec -> engine -> codec -> socket.
 
-Backpressure is explicit at both ends. Reading: ``on_message`` returns only once the
-message has a slot among ``limits.max_in_flight``; Tornado does not read the next frame
-until it returns, so a client that floods waits in its own TCP window. Writing: every
-frame goes through ``Connection.send`` (see registry.py).
+Tornado reads the frames and calls ``on_message``; each message runs as a task of its
+own. Backpressure is explicit at both ends. Reading: when ``limits.max_in_flight``
+messages of a connection are running, ``on_message`` returns an awaitable, and Tornado
+reads no further frame of that client until it resolves, so a client that floods waits
+in its own TCP window. Writing: every frame goes through the connection's send path
+(sender.py), which awaits the Future of Tornado's ``write_message``.
 """
 
 from __future__ import annotations
@@ -12,22 +14,19 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.httputil
-import tornado.iostream
 import tornado.web
 import tornado.websocket
 
 from ..engine import ErrorResponse, Event, Response, StreamResponse
-from ..engine.deadline import start_eagerly
 from ..errors import ConnectionGone
 from ..log import access, runner_log
 from ..runtime import Phase, RunnerState
 from . import codec
-from .frames import BufferedProtocol13
-from .registry import Connection
+from .connection import Connection
 
 __all__ = ["ClientHandler"]
 
@@ -75,26 +74,13 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return subprotocols[0] if subprotocols else None
 
-    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
-        """Tornado's protocol with the buffered frame reader (frames.py)."""
-        tornado_protocol = super().get_websocket_protocol()
-        if tornado_protocol is None:
-            return None
-        return BufferedProtocol13(
-            self, cast(tornado.websocket.WebSocketProtocol13, tornado_protocol).params
-        )
-
-    def _detach_stream(self) -> tornado.iostream.IOStream:
-        """The stream, without Tornado's guard against HTTP methods after the upgrade.
-
-        Tornado sets seven attributes on every handler here (``write``, ``finish``, ...
-        made to raise); seven more keys grow each connection's instance dict by 1.6 KiB
-        (bench/memory.py). Nothing here calls those methods once the upgrade is done.
-        """
-        return self.detach()
-
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.finish(codec.error_frame(status_code, self._reason, "", None))
+        """A refused upgrade (503, 403) answers an error frame's JSON as its body."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        reason = getattr(exc, "reason", None) or tornado.httputil.responses.get(
+            status_code, "Unknown"
+        )
+        self.finish(codec.error_frame(status_code, reason, "", None))
 
     # -- open / close ------------------------------------------------------------
 
@@ -105,6 +91,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         request = self.request
         conn = Connection(
             state.registry,
+            state.watch,
             self,
             source_ip=request.remote_ip,
             user_agent=request.headers.get("User-Agent"),
@@ -157,15 +144,13 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
 
         The request would hold it all for the connection's life: the upgrade's headers,
         its HTTP/1 connection (the same headers again, a Future, the peer's context) and
-        the HTTP/1 request loop (done, with its task and coroutine); the handler holds the
-        101's headers. ~2 KiB per idle connection (bench/memory.py). After the upgrade
-        Tornado uses none of them; the request keeps its URI, query and remote_ip.
+        the HTTP/1 request loop. After the upgrade Tornado uses none of them; the request
+        keeps its URI, query and remote_ip.
         """
         request = self.request
         request.headers = tornado.httputil.HTTPHeaders()
         request.connection = None
         request.server_connection = None
-        self._headers = tornado.httputil.HTTPHeaders()
 
     async def _connect(self, conn: Connection, connect: Event) -> Response:
         response = await self.state.service.process(connect)
@@ -206,19 +191,6 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         response = await state.service.process(event)
         self._log_event(conn, event, response, started)
 
-    def send_text(self, data: bytes) -> Awaitable[None]:
-        """Writes one text frame; the Future is the stream's, resolved once flushed.
-
-        ``write_message`` returns this same Future wrapped in a new task (only to turn
-        StreamClosedError into WebSocketClosedError, which Connection.send does itself);
-        a task per frame was the largest single cost of a reply (docs/performance.md).
-        Compression is never negotiated here, so frames carry no flags.
-        """
-        ws = self.ws_connection
-        if ws is None or ws.is_closing():
-            raise tornado.websocket.WebSocketClosedError()
-        return cast(BufferedProtocol13, ws).write_text(data)
-
     def abort(self) -> None:
         """Drops the TCP connection now, for a client that no longer reads."""
         ws = self.ws_connection
@@ -252,18 +224,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             # message goes unanswered and the 1001 tells the client so.
             return
         conn.in_flight += 1
-        loop = self.state.loop
-        task: asyncio.Task[None] | None
-        if asyncio.current_task(loop) is None and self.state.eager_turn():
-            # Frames are cut in a read callback: the message's first step runs now, as its
-            # task, and a message that never waits is answered before this returns.
-            task = start_eagerly(loop, self._handle(conn, message))
-        else:  # a later message of this loop turn, or from _start_when_free's task
-            task = loop.create_task(self._handle(conn, message))
-        if task is not None:
-            # In state.tasks for the shutdown drain; _handle takes itself out (cheaper
-            # than a done callback per message).
-            self.state.tasks.add(task)
+        # In state.tasks for the shutdown drain; _handle takes itself out (cheaper than
+        # a done callback per message).
+        self.state.tasks.add(self.state.loop.create_task(self._handle(conn, message)))
 
     async def _start_when_free(self, conn: Connection, message: str | bytes) -> None:
         while conn.in_flight >= self.state.settings.limits.max_in_flight:
@@ -278,7 +241,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         try:
             request, message_id = codec.parse_message(message, conn.headers)
             if isinstance(request, ErrorResponse):
-                await self._send(conn, codec.encode(request, message_id), last=True)
+                await self._send(conn, codec.encode(request, message_id))
                 return
             event = Event(request, identity=conn.identity)
             started = time.perf_counter()
@@ -287,7 +250,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             if isinstance(response, StreamResponse):
                 await self._stream(conn, response, message_id)
             else:
-                await self._send(conn, self._encode(response, message_id), last=True)
+                await self._send(conn, self._encode(response, message_id))
         except ConnectionGone:
             pass
         finally:
@@ -304,8 +267,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             error = self.state.service.error_response(exc)
             return codec.encode(error, message_id)
 
-    async def _send(self, conn: Connection, frame: str, last: bool = False) -> None:
-        self.state.metrics.sent(await conn.send(frame, last))
+    async def _send(self, conn: Connection, frame: str) -> None:
+        self.state.metrics.sent(await conn.send(frame))
 
     def _log_event(
         self, conn: Connection, event: Event, response: Response, started: float

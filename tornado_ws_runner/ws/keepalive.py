@@ -20,7 +20,8 @@ from contextlib import suppress
 
 from tornado.websocket import WebSocketClosedError
 
-from .registry import Connection, Registry
+from .connection import Connection
+from .registry import Registry
 
 __all__ = ["BATCH", "KeepAlive"]
 
@@ -67,7 +68,7 @@ class KeepAlive:
             if connection.closing:
                 continue
             try:
-                connection.transport.ping()
+                connection.socket.ping()
             except WebSocketClosedError:
                 continue
             pinged.append(connection)

@@ -1,4 +1,6 @@
-"""registry.py with a fake transport: the one bounded send path and the sweep."""
+"""The send path (ws/sender.py) and the registry, without sockets: the byte bound, the
+waits, the errors and the sweep, with a stand-in for Tornado's handler whose write Futures
+the test resolves. tests/test_ws_streams.py proves the same bound over real sockets."""
 
 from __future__ import annotations
 
@@ -8,15 +10,16 @@ import uuid
 from typing import Any
 
 import pytest
-from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 from wsutil import stays, until
 
 from tornado_ws_runner.errors import ConnectionGone
-from tornado_ws_runner.ws.registry import Connection, Registry
+from tornado_ws_runner.ws.connection import Connection
+from tornado_ws_runner.ws.registry import Registry
+from tornado_ws_runner.ws.sender import SendWatch
 
 
-class FakeTransport:
+class FakeSocket:
     """Records frames; each write's future resolves only when the test flushes it."""
 
     def __init__(self) -> None:
@@ -25,7 +28,7 @@ class FakeTransport:
         self.aborted = False
         self.fail: BaseException | None = None
 
-    def send_text(self, message: bytes) -> asyncio.Future[None]:
+    def write_message(self, message: bytes, binary: bool = False) -> asyncio.Future[None]:
         if self.fail is not None:
             raise self.fail
         future = asyncio.get_running_loop().create_future()
@@ -44,18 +47,20 @@ class FakeTransport:
 
 
 def connection(send_buffer: int = 100, send_timeout: float = 30.0) -> Any:
-    registry = Registry(send_buffer=send_buffer, send_timeout=send_timeout)
-    transport = FakeTransport()
-    conn = Connection(registry, transport, source_ip="127.0.0.1", user_agent="t", subprotocol="p")
+    registry, watch = Registry(), SendWatch(send_buffer=send_buffer, send_timeout=send_timeout)
+    transport = FakeSocket()
+    conn = Connection(
+        registry, watch, transport, source_ip="127.0.0.1", user_agent="t", subprotocol="p"
+    )
     conn.accepted = True
     registry.add(conn)
-    return registry, transport, conn
+    return watch, transport, conn
 
 
 def test_a_connection_is_addressable_only_once_accepted() -> None:
     """Until on_connect succeeded, get() and ids() do not show a connection; len() counts it."""
     registry = Registry()
-    conn = Connection(registry, FakeTransport())
+    conn = Connection(registry, SendWatch(), FakeSocket())
     registry.add(conn)
     assert (registry.get(conn.id), registry.ids(), len(registry)) == (None, [], 1)
     conn.accepted = True
@@ -65,7 +70,7 @@ def test_a_connection_is_addressable_only_once_accepted() -> None:
 def test_connection_ids_are_uuid4_and_describe_has_the_contract_keys() -> None:
     """A Connection's id is a UUID v4; describe() has the management API's keys."""
     registry = Registry()
-    ids = {Connection(registry, FakeTransport()).id for _ in range(50)}
+    ids = {Connection(registry, SendWatch(), FakeSocket()).id for _ in range(50)}
     assert len(ids) == 50 and all(uuid.UUID(i).version == 4 for i in ids)
     _, _, conn = connection()
     described = conn.describe()
@@ -82,22 +87,22 @@ def test_connection_ids_are_uuid4_and_describe_has_the_contract_keys() -> None:
 
 async def test_send_returns_only_once_the_frame_is_flushed() -> None:
     """send() waits for the transport's write future; pending_bytes counts it meanwhile."""
-    registry, transport, conn = connection()
+    watch, transport, conn = connection()
     sending = asyncio.ensure_future(conn.send("abcd"))
     await until(lambda: transport.writes, "the write")
-    assert conn.pending_bytes == 4 and conn in registry.sending
+    assert conn.pending_bytes == 4 and conn in watch.sending
     await stays(lambda: not sending.done(), 0.05, "send waits for the flush")
     transport.flush()
     await asyncio.wait_for(sending, 1)
-    assert conn.pending_bytes == 0 and conn not in registry.sending
+    assert conn.pending_bytes == 0 and conn not in watch.sending
 
 
 async def test_senders_past_the_bound_wait_until_bytes_drain() -> None:
     """Senders past send_buffer wait until bytes drain; one oversized frame may go alone."""
-    registry, transport, conn = connection(send_buffer=100)
+    watch, transport, conn = connection(send_buffer=100)
     first = asyncio.ensure_future(conn.send("a" * 60))
     second = asyncio.ensure_future(conn.send("b" * 60))
-    await until(lambda: registry.stalls == 1, "the second sender to stall")
+    await until(lambda: watch.stalls == 1, "the second sender to stall")
     assert len(transport.writes) == 1 and conn.pending_bytes == 60
     transport.flush()
     await asyncio.wait_for(first, 1)
@@ -114,12 +119,12 @@ async def test_senders_past_the_bound_wait_until_bytes_drain() -> None:
 
 async def test_the_bound_counts_utf8_bytes_not_characters() -> None:
     """pending_bytes counts a frame's UTF-8 bytes, not its characters."""
-    registry, transport, conn = connection(send_buffer=100)
+    watch, transport, conn = connection(send_buffer=100)
     first = asyncio.ensure_future(conn.send("€" * 30))  # 30 characters, 90 bytes
     second = asyncio.ensure_future(conn.send("€" * 30))
     await until(lambda: transport.writes, "the first write")
     assert conn.pending_bytes == 90
-    await until(lambda: registry.stalls == 1, "the second sender to stall")
+    await until(lambda: watch.stalls == 1, "the second sender to stall")
     assert len(transport.writes) == 1
     transport.flush(2)
     await asyncio.wait_for(first, 1)
@@ -139,14 +144,14 @@ async def test_send_on_a_closed_connection_raises_connection_gone() -> None:
         await conn.send("x")
 
 
-@pytest.mark.parametrize("error", [WebSocketClosedError(), StreamClosedError()])
-async def test_transport_errors_become_connection_gone(error: BaseException) -> None:
-    """Tornado's closed-socket errors reach callers as ConnectionGone; nothing stays pending."""
-    registry, transport, conn = connection()
+async def test_socket_errors_become_connection_gone() -> None:
+    """Tornado's closed-socket error reaches callers as ConnectionGone; nothing stays pending."""
+    error = WebSocketClosedError()
+    watch, transport, conn = connection()
     transport.fail = error
     with pytest.raises(ConnectionGone):
         await conn.send("x")
-    assert conn.pending_bytes == 0 and conn not in registry.sending
+    assert conn.pending_bytes == 0 and conn not in watch.sending
     transport.fail = None
     sending = asyncio.ensure_future(conn.send("y"))
     await until(lambda: transport.writes, "the write")
@@ -158,29 +163,29 @@ async def test_transport_errors_become_connection_gone(error: BaseException) -> 
 
 async def test_waiting_senders_are_released_with_connection_gone_on_close() -> None:
     """A sender waiting for buffer space gets ConnectionGone when the connection closes."""
-    registry, transport, conn = connection(send_buffer=10)
+    watch, transport, conn = connection(send_buffer=10)
     first = asyncio.ensure_future(conn.send("a" * 10))
     waiting = asyncio.ensure_future(conn.send("b" * 10))
-    await until(lambda: registry.stalls == 1, "the stall")
+    await until(lambda: watch.stalls == 1, "the stall")
     conn.mark_closed(1001)
     with pytest.raises(ConnectionGone):
         await asyncio.wait_for(waiting, 1)
     assert len(transport.writes) == 1, "the waiting frame was never written"
-    transport.writes[0][1].set_exception(StreamClosedError())  # as Tornado does on close
+    transport.writes[0][1].set_exception(WebSocketClosedError())  # as Tornado does on close
     with pytest.raises(ConnectionGone):
         await asyncio.wait_for(first, 1)
 
 
 async def test_mark_closed_runs_on_closed_once_and_leaves_the_registry() -> None:
     """mark_closed is true only the first time; on_closed runs once; close() closes."""
-    registry, transport, conn = connection()
+    _, transport, conn = connection()
     calls: list[Connection] = []
     conn.on_closed = calls.append
     assert conn.close(1000, "bye") is True
     assert conn.close(1000, "again") is False
     assert conn.mark_closed(1006) is False
     assert calls == [conn] and conn.close_code == 1000
-    assert registry.get(conn.id) is None and len(registry) == 0
+    assert conn.registry.get(conn.id) is None and len(conn.registry) == 0
     assert transport.closed == (1000, "again")
 
 
@@ -196,9 +201,9 @@ async def test_mark_closed_cancels_the_connections_streams() -> None:
 
 async def test_sweep_drops_only_clients_stuck_past_the_send_timeout() -> None:
     """sweep() drops (1008, abort, counted) only clients stuck past send_timeout."""
-    registry = Registry(send_buffer=100, send_timeout=0.05)
-    stuck_t, busy_t, idle_t = FakeTransport(), FakeTransport(), FakeTransport()
-    stuck, busy, idle = (Connection(registry, t) for t in (stuck_t, busy_t, idle_t))
+    registry, watch = Registry(), SendWatch(send_buffer=100, send_timeout=0.05)
+    stuck_t, busy_t, idle_t = FakeSocket(), FakeSocket(), FakeSocket()
+    stuck, busy, idle = (Connection(registry, watch, t) for t in (stuck_t, busy_t, idle_t))
     for c in (stuck, busy, idle):
         c.accepted = True
         registry.add(c)
@@ -211,8 +216,8 @@ async def test_sweep_drops_only_clients_stuck_past_the_send_timeout() -> None:
     while time.monotonic() - started < 0.1:
         busy.last_progress = time.monotonic()  # as a client that keeps reading would
         await asyncio.sleep(0.005)
-    registry.sweep()
-    assert registry.slow_consumers == 1
+    watch.sweep()
+    assert watch.slow_consumers == 1
     assert stuck_t.closed == (1008, "send timeout") and stuck_t.aborted
     assert closed == [stuck.id]
     assert registry.get(stuck.id) is None
@@ -220,6 +225,6 @@ async def test_sweep_drops_only_clients_stuck_past_the_send_timeout() -> None:
     assert busy_t.closed is None and idle_t.closed is None
     busy_t.flush()
     await asyncio.wait_for(busy_send, 1)
-    stuck_t.writes[0][1].set_exception(StreamClosedError())
+    stuck_t.writes[0][1].set_exception(WebSocketClosedError())
     with pytest.raises(ConnectionGone):
         await asyncio.wait_for(stuck_send, 1)

@@ -1,0 +1,109 @@
+"""One client connection: who it is, what the management API shows of it, and its state.
+
+Its send path is the ``Sender`` it is built on (sender.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .sender import Sender, SendWatch, Socket
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+__all__ = ["Connection"]
+
+
+def _iso(timestamp: float) -> str:
+    return (
+        datetime.fromtimestamp(timestamp, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class Connection(Sender):
+    """One client: its id, identity and metadata, its messages in flight and streams."""
+
+    __slots__ = (
+        "accepted",
+        "close_code",
+        "connected_at",
+        "connecting",
+        "headers",
+        "id",
+        "identity",
+        "in_flight",
+        "last_active_at",
+        "on_closed",
+        "pong_at",
+        "postback_url",
+        "push",
+        "registry",
+        "slot_free",
+        "source_ip",
+        "subprotocol",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        registry: Registry,
+        watch: SendWatch,
+        socket: Socket,
+        source_ip: str | None = None,
+        user_agent: str | None = None,
+        subprotocol: str | None = None,
+        postback_url: str | None = None,
+    ) -> None:
+        super().__init__(watch, socket)
+        self.id = str(uuid.uuid4())
+        self.registry = registry
+        self.connected_at = self.last_active_at = time.time()
+        self.source_ip = source_ip
+        self.user_agent = user_agent
+        self.subprotocol = subprotocol
+        self.postback_url = postback_url
+        self.identity: Any = None
+        self.headers: dict[str, Any] = {}
+        #: False until on_connect has succeeded: the management API does not see it before.
+        self.accepted = False
+        #: The on_connect event while it runs: on_disconnect waits for it.
+        self.connecting: asyncio.Task[Any] | None = None
+        #: Called once when the connection closes, by whichever path (runs on_disconnect).
+        self.on_closed: Callable[[Connection], None] | None = None
+        self.close_code: int | None = None
+        self.in_flight = 0
+        self.slot_free: asyncio.Future[None] | None = None
+        self.push: Callable[..., Any] | None = None
+        #: The loop's time of the last pong (keepalive.py closes those without a recent one).
+        self.pong_at = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "connectionId": self.id,
+            "connectedAt": _iso(self.connected_at),
+            "lastActiveAt": _iso(self.last_active_at),
+            "sourceIp": self.source_ip,
+            "userAgent": self.user_agent,
+            "subprotocol": self.subprotocol,
+        }
+
+    def mark_closed(self, code: int | None = None) -> bool:
+        """Takes the connection out of the registry; True only the first time, when
+        ``on_closed`` runs."""
+        if not super().mark_closed(code):
+            return False
+        self.close_code = code
+        self.registry.remove(self)
+        if self.slot_free is not None and not self.slot_free.done():
+            self.slot_free.set_result(None)
+        if self.on_closed is not None:
+            self.on_closed(self)
+        return True

@@ -1,0 +1,189 @@
+"""A connection's send path: every frame to a client, and the backpressure on it.
+
+Replies, stream chunks, pushes and management posts all go through ``Sender.send``.
+It hands the frame to Tornado's ``WebSocketHandler.write_message`` and awaits the
+Future that returns, which resolves once the socket has taken the frame: a sender goes
+on only as fast as its client reads. Two bounds hold on top of that, for all senders of
+one connection together:
+
+- ``limits.send_buffer`` (bytes, default 1 MiB): the frames handed to Tornado and not
+  yet flushed. A frame that would take a connection past it waits until earlier ones
+  flush (one larger than the whole bound goes alone), so a client that stops reading
+  holds at most this much of the server's memory in frames.
+- ``timeouts.send`` (seconds, default 30): a connection whose unflushed frames make no
+  progress this long is closed with 1008 ``send timeout`` and its socket dropped;
+  every sender waiting on it gets ``ConnectionGone``. ``SendWatch.sweep`` finds them.
+
+A stream's task is cancelled when its client leaves, so that its producer is closed at
+once. Its waits for a frame's Future are shielded: cancelling that Future would cancel
+Tornado's own write Future inside it, which Tornado then reports as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from tornado.ioloop import PeriodicCallback
+from tornado.websocket import WebSocketClosedError
+
+from ..errors import ConnectionGone
+
+__all__ = ["SendWatch", "Sender", "Socket"]
+
+
+class Socket(Protocol):
+    """The part of Tornado's ``WebSocketHandler`` the send path uses."""
+
+    def write_message(self, message: bytes, binary: bool = False) -> asyncio.Future[None]: ...
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+    def abort(self) -> None:
+        """Drops the TCP connection without a close handshake."""
+        ...
+
+    def ping(self, data: bytes = b"") -> None:
+        """Writes a ping frame (keepalive.py); raises WebSocketClosedError once closed."""
+        ...
+
+
+class SendWatch:
+    """The bounds every connection's send path shares, and the connections it watches."""
+
+    def __init__(self, send_buffer: int = 1_048_576, send_timeout: float = 30.0) -> None:
+        self.send_buffer = send_buffer  # bytes handed to Tornado and not yet flushed
+        self.send_timeout = send_timeout  # seconds without progress; 0: never
+        #: The senders with frames not yet flushed.
+        self.sending: set[Sender] = set()
+        self.stalls = 0  # sends that waited for buffer space
+        self.slow_consumers = 0  # connections closed by the send timeout
+        self._timer: PeriodicCallback | None = None
+
+    def start(self) -> None:
+        """Sweeps four times per send timeout (at most once a second, at least every 50 ms),
+        so a stuck client is dropped within a quarter of the timeout after it."""
+        if self.send_timeout:
+            interval = max(0.05, min(1.0, self.send_timeout / 4))
+            self._timer = PeriodicCallback(self.sweep, interval * 1000)
+            self._timer.start()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
+    def sweep(self) -> None:
+        """Drops the clients whose frames made no progress within the send timeout."""
+        now = time.monotonic()
+        stuck = [s for s in self.sending if now - s.last_progress > self.send_timeout]
+        for sender in stuck:
+            self.slow_consumers += 1
+            sender.close(1008, "send timeout")
+            sender.socket.abort()
+
+
+class Sender:
+    """The send half of a connection (``Connection`` adds who the client is)."""
+
+    __slots__ = (
+        "_drained",
+        "closing",
+        "last_progress",
+        "pending_bytes",
+        "socket",
+        "streams",
+        "watch",
+    )
+
+    def __init__(self, watch: SendWatch, socket: Socket) -> None:
+        self.watch = watch
+        self.socket = socket
+        self.closing = False
+        self.pending_bytes = 0
+        self.last_progress = 0.0
+        self._drained: asyncio.Future[None] | None = None
+        #: The stream tasks sending to this client; made at the first stream (most
+        #: connections never stream).
+        self.streams: set[asyncio.Task[Any]] | None = None
+
+    async def send(self, frame: str) -> int:
+        """Sends one text frame; returns its size in bytes once the socket has taken it.
+
+        Raises ConnectionGone when the client is gone, or goes while the frame waits.
+        The size is the frame's UTF-8 size, which is what the buffer bound counts.
+        """
+        if self.closing:
+            raise ConnectionGone()
+        data = frame.encode("utf-8")
+        size = len(data)
+        watch = self.watch
+        while self.pending_bytes and self.pending_bytes + size > watch.send_buffer:
+            watch.stalls += 1
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+            if self.closing:
+                raise ConnectionGone()
+        try:
+            written = self.socket.write_message(data)
+        except WebSocketClosedError:
+            raise ConnectionGone() from None
+        if not self.pending_bytes:
+            self.last_progress = time.monotonic()
+            watch.sending.add(self)
+        self.pending_bytes += size
+        try:
+            if self.streams and asyncio.current_task() in self.streams:
+                # A cancelled shield stops watching: the Future's failure is still seen.
+                written.add_done_callback(_seen)
+                await asyncio.shield(written)
+            else:
+                await written
+        except WebSocketClosedError:
+            raise ConnectionGone() from None
+        finally:
+            self.pending_bytes -= size
+            self.last_progress = time.monotonic()
+            if not self.pending_bytes:
+                watch.sending.discard(self)
+            self._wake()
+        return size
+
+    def _wake(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def add_stream(self, task: asyncio.Task[Any]) -> None:
+        """``task`` sends a stream to this client: it is cancelled if the client leaves."""
+        if self.streams is None:
+            self.streams = set()
+        self.streams.add(task)
+
+    def discard_stream(self, task: asyncio.Task[Any]) -> None:
+        if self.streams is not None:
+            self.streams.discard(task)
+
+    def mark_closed(self, code: int | None = None) -> bool:
+        """No more frames: ``send`` raises ConnectionGone from now on, waiters included,
+        and the streams are cancelled. True only the first time."""
+        if self.closing:
+            return False
+        self.closing = True
+        self.watch.sending.discard(self)
+        self._wake()
+        for task in self.streams or ():
+            task.cancel()
+        return True
+
+    def close(self, code: int = 1000, reason: str = "") -> bool:
+        """Closes the connection from the server's side; True when this call started it."""
+        first = self.mark_closed(code)
+        self.socket.close(code, reason)
+        return first
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
