@@ -128,7 +128,19 @@ def fresh_loop() -> Iterator[tornado.ioloop.IOLoop]:
     """
     loop = tornado.ioloop.IOLoop(make_current=False)
     yield loop
+    loop.run_sync(_end_tasks)
     loop.close(all_fds=True)
+
+
+async def _end_tasks() -> None:
+    """Cancels what a test left running (a client's frame loop, say) and lets it end, as
+    ``asyncio.run`` does: a pending task collected later would be reported in another test.
+    """
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=TIMEOUT)
 
 
 class LoopErrors(logging.Handler):

@@ -307,9 +307,12 @@ class WsRunner:
             c.closed for c in clients if isinstance(c, ClientHandler) and not c.closed.done()
         ]
         if closing:
-            await asyncio.wait(closing, timeout=CLOSE_WAIT)
+            _, unanswered = await asyncio.wait(closing, timeout=CLOSE_WAIT)
         for client in clients:
             client.abort()
+        if closing and unanswered:
+            # Tornado's frame loops end once they see their socket dropped.
+            await asyncio.wait(unanswered, timeout=CLOSE_WAIT)
         if self._management is not None:
             self._management.stop()
             await self._management.close_all_connections()

@@ -59,7 +59,15 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         if origin is not None and not self._origin_allowed(origin):
             state.metrics.rejected.labels("origin").inc()
             raise tornado.web.HTTPError(403, reason="Forbidden")
-        await super().get(*args, **kwargs)
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            # Tornado's frame loop runs inside get(): past it, the connection is over. A
+            # frame loop that ended in an exception (before Tornado 6.6, on a close frame
+            # whose reason is not UTF-8) never called on_close, and left the socket open.
+            if self.conn is not None and not self.conn.closing:
+                self.abort()
+                self.on_close()
 
     def _origin_allowed(self, origin: str) -> bool:
         allowed = self.state.settings.limits.allowed_origins
