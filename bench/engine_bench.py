@@ -10,8 +10,8 @@ another, as one connection with one message in flight would run them):
               setResponseBodyHandler: ["$($event.payload)"]   (standard, a $(...) reference)
             measured as `await service.process(Event(Request(...)))`.
   protocol  the daemon's per-message path without sockets, on bench/config.yaml's echo:
-              protocol.parse_message(text) -> Event(request) -> service.process(event)
-              -> protocol.encode(response, message_id)
+              codec.parse_message(text) -> Event(request) -> service.process(event)
+              -> codec.encode(response, message_id)
             with the same 64-character payload as the bench's echo mode, plus each
             stage timed on its own so the per-message overhead is visible.
 
@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 import tornado_ws_runner
-from tornado_ws_runner import Event, Request, Service, protocol
+from tornado_ws_runner import Event, Request, Service
+from tornado_ws_runner.ws import codec
 
 HERE = Path(__file__).resolve().parent
 
@@ -129,8 +130,8 @@ async def bench_protocol(reps: int, n: int, as_json: bool) -> None:
         for i in range(1024)
     ]
     # sanity
-    req, mid = protocol.parse_message(texts[0], conn_headers)
-    frame = protocol.encode(await service.process(Event(req)), mid)
+    req, mid = codec.parse_message(texts[0], conn_headers)
+    frame = codec.encode(await service.process(Event(req)), mid)
     assert json.loads(frame) == {
         "statusCode": 200,
         "headers": {"message-id": "m0"},
@@ -139,9 +140,9 @@ async def bench_protocol(reps: int, n: int, as_json: bool) -> None:
 
     async def full(count: int) -> None:
         for i in range(count):
-            request, message_id = protocol.parse_message(texts[i & 1023], conn_headers)
+            request, message_id = codec.parse_message(texts[i & 1023], conn_headers)
             response = await service.process(Event(request))
-            protocol.encode(response, message_id)
+            codec.encode(response, message_id)
 
     await full(min(n, 2000))  # warm-up
     times = []
@@ -160,14 +161,14 @@ async def bench_protocol(reps: int, n: int, as_json: bool) -> None:
     }
     for _ in range(reps):
         t0 = time.perf_counter()
-        parsed = [protocol.parse_message(texts[i & 1023], conn_headers) for i in range(n)]
+        parsed = [codec.parse_message(texts[i & 1023], conn_headers) for i in range(n)]
         t1 = time.perf_counter()
         events = [Event(request) for request, _ in parsed]
         t2 = time.perf_counter()
         responses = [await service.process(e) for e in events]
         t3 = time.perf_counter()
         for response, (_, message_id) in zip(responses, parsed, strict=False):
-            protocol.encode(response, message_id)
+            codec.encode(response, message_id)
         t4 = time.perf_counter()
         for key, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=False):
             stages[key].append(seconds * 1e6 / n)

@@ -30,14 +30,17 @@ UNROUTED = "(unrouted)"
 POSTBACK_OUTCOMES = ("delivered", "gone", "bad_request", "too_large")
 
 
-class _RegistryCounters(Collector):
-    """Counters the connection registry keeps itself, read at scrape time."""
+class _SendCounters(Collector):
+    """Counters the send path keeps itself (ws/sender.py), read at scrape time:
+    frames and bytes flushed to clients, stalls and slow consumers."""
 
-    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
         self.read = read
 
     def collect(self) -> Iterable[Metric]:
-        stalls, slow = self.read()
+        frames, size, stalls, slow = self.read()
+        yield CounterMetricFamily("twr_messages_out", "Frames sent to clients.", frames)
+        yield CounterMetricFamily("twr_bytes_out", "Bytes sent in frames to clients.", size)
         yield CounterMetricFamily(
             "twr_send_buffer_stalls", "Sends that waited for a full send buffer.", stalls
         )
@@ -49,7 +52,7 @@ class _RegistryCounters(Collector):
 
 
 class _FrameCounters(Collector):
-    """Frames and bytes in and out: plain ints bumped per frame, read at scrape time.
+    """Frames and bytes in: plain ints bumped per frame, read at scrape time.
 
     Four prometheus_client Counter.inc() calls per message (each takes a lock) cost more
     than the rest of a reply's accounting; the event loop is single-threaded anyway.
@@ -61,11 +64,9 @@ class _FrameCounters(Collector):
     def collect(self) -> Iterable[Metric]:
         m = self.metrics
         yield CounterMetricFamily("twr_messages_in", "Frames received from clients.", m.messages_in)
-        yield CounterMetricFamily("twr_messages_out", "Frames sent to clients.", m.messages_out)
         yield CounterMetricFamily(
             "twr_bytes_in", "Bytes (characters of text frames) received from clients.", m.bytes_in
         )
-        yield CounterMetricFamily("twr_bytes_out", "Bytes sent in frames to clients.", m.bytes_out)
 
 
 class _EventCounters(Collector):
@@ -128,7 +129,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        self.messages_in = self.bytes_in = 0
         r.register(_FrameCounters(self))
         self.open_connections = Gauge(
             "twr_connections_open", "Open WebSocket connections.", registry=r
@@ -149,11 +150,13 @@ class Metrics:
         for outcome in POSTBACK_OUTCOMES:  # every outcome is exported from the start, at 0
             self.postbacks.labels(outcome)
 
-    def watch_registry(
-        self, size: Callable[[], int], counters: Callable[[], tuple[int, int]]
+    def watch_connections(
+        self, size: Callable[[], int], sends: Callable[[], tuple[int, int, int, int]]
     ) -> None:
+        """``size``: open connections; ``sends``: frames and bytes flushed, stalls and
+        slow consumers, as the send path counts them."""
         self.open_connections.set_function(size)
-        self.registry.register(_RegistryCounters(counters))
+        self.registry.register(_SendCounters(sends))
 
     def event_done(self, event: str, known: bool, status: int, seconds: float) -> None:
         self.events.add(event if known else UNROUTED, status, seconds)
@@ -162,11 +165,6 @@ class Metrics:
         """One frame of ``size`` went in."""
         self.messages_in += 1
         self.bytes_in += size
-
-    def sent(self, size: int) -> None:
-        """One frame of ``size`` bytes went out."""
-        self.messages_out += 1
-        self.bytes_out += size
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

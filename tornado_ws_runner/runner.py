@@ -178,7 +178,10 @@ class WsRunner:
         registry = Registry()
         watch = SendWatch(send_buffer=s.limits.send_buffer, send_timeout=s.timeouts.send)
         metrics = Metrics()
-        metrics.watch_registry(lambda: len(registry), lambda: (watch.stalls, watch.slow_consumers))
+        metrics.watch_connections(
+            lambda: len(registry),
+            lambda: (watch.frames_out, watch.bytes_out, watch.stalls, watch.slow_consumers),
+        )
         loop = asyncio.get_running_loop()
         state = self.state = RunnerState(s, service, registry, watch, metrics, loop)
         app = tornado.web.Application(

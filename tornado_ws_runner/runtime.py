@@ -38,6 +38,7 @@ class RunnerState:
     phase: Phase = Phase.STARTING
     #: Every event and on_disconnect task, so shutdown can wait for them.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
     def track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

@@ -289,11 +289,10 @@ class _ConnectionRoute(BaseHandler):
             {"statusCode": 200, "headers": forwarded_headers(self.request.headers), "body": body}
         )
         try:
-            size = await conn.send(frame)
+            await conn.send(frame)
         except ConnectionGone:
             postbacks.labels("gone").inc()
             raise Problem(410, f"Connection '{connection_id}' closed before delivery.") from None
-        self.state.metrics.sent(size)
         postbacks.labels("delivered").inc()
         self.send_json({"connectionId": conn.id, "delivered": True})
 

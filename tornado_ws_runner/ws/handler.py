@@ -208,11 +208,15 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
     # -- messages ----------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
-        """Starts the message's event; returns an awaitable only when it must wait.
+        """Starts the message's event as a task; returns what Tornado waits for before
+        it reads this client's next frame.
 
-        A plain method, not a coroutine: Tornado would wrap a coroutine in one more task
-        per message. When ``max_in_flight`` events are running, the returned awaitable
-        makes Tornado stop reading this client until a slot frees.
+        That is one turn of the loop, in which the task takes its first step (a message
+        that never waits is answered in it): reading at once would find nothing yet on
+        the socket, and each empty read costs system calls for Tornado to register for
+        the next one. When ``max_in_flight`` events are running, it is the start of
+        this one, once a slot frees. A plain method, not a coroutine: Tornado would
+        wrap a coroutine in one more task per message.
         """
         conn = self.conn
         if conn is None or conn.closing:
@@ -223,7 +227,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         if conn.in_flight >= state.settings.limits.max_in_flight:
             return self._start_when_free(conn, message)
         self._start(conn, message)
-        return None
+        turn = state.loop.create_future()  # only Tornado waits on it: never cancelled
+        state.loop.call_soon(turn.set_result, None)
+        return turn
 
     def _start(self, conn: Connection, message: str | bytes) -> None:
         if self.state.phase is not Phase.READY:
@@ -232,9 +238,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             # message goes unanswered and the 1001 tells the client so.
             return
         conn.in_flight += 1
-        # In state.tasks for the shutdown drain; _handle takes itself out (cheaper than
-        # a done callback per message).
-        self.state.tasks.add(self.state.loop.create_task(self._handle(conn, message)))
+        self.state.track(self.state.loop.create_task(self._handle(conn, message)))
 
     async def _start_when_free(self, conn: Connection, message: str | bytes) -> None:
         while conn.in_flight >= self.state.settings.limits.max_in_flight:
@@ -249,7 +253,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         try:
             request, message_id = codec.parse_message(message, conn.headers)
             if isinstance(request, ErrorResponse):
-                await self._send(conn, codec.encode(request, message_id))
+                await conn.send_last(codec.encode(request, message_id))
                 return
             event = Event(request, identity=conn.identity)
             started = time.perf_counter()
@@ -258,11 +262,10 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             if isinstance(response, StreamResponse):
                 await self._stream(conn, response, message_id)
             else:
-                await self._send(conn, self._encode(response, message_id))
+                await conn.send_last(self._encode(response, message_id))
         except ConnectionGone:
             pass
         finally:
-            self.state.tasks.discard(asyncio.current_task(self.state.loop))
             conn.in_flight -= 1
             if conn.slot_free is not None and not conn.slot_free.done():
                 conn.slot_free.set_result(None)
@@ -274,9 +277,6 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             runner_log.error("cannot encode the response as JSON: %s", exc)
             error = self.state.service.error_response(exc)
             return codec.encode(error, message_id)
-
-    async def _send(self, conn: Connection, frame: str) -> None:
-        self.state.metrics.sent(await conn.send(frame))
 
     def _log_event(
         self, conn: Connection, event: Event, response: Response, started: float
@@ -300,7 +300,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
                 frame = codec.encode(response, response.headers.get("message-id"))
             else:
                 frame = codec.strict_dumps(response)
-            await self._send(conn, frame)
+            await conn.send(frame)
 
         return push
 
@@ -316,14 +316,14 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             try:
                 async for chunk in chunks:
                     frame = codec.stream_chunk(response, chunk, sid, message_id)
-                    await self._send(conn, frame)
+                    await conn.send(frame)
                     self.state.metrics.stream_chunks.inc()
             except (ConnectionGone, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 runner_log.warning("%s stream producer failed: %r", conn.id, exc)
                 error = self.state.service.error_response(exc)
-            await self._send(conn, codec.stream_done(response, sid, message_id, error))
+            await conn.send_last(codec.stream_done(response, sid, message_id, error))
         except asyncio.CancelledError:
             if not conn.closing:
                 raise

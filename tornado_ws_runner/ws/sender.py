@@ -14,6 +14,10 @@ one connection together:
   progress this long is closed with 1008 ``send timeout`` and its socket dropped;
   every sender waiting on it gets ``ConnectionGone``. ``SendWatch.sweep`` finds them.
 
+A frame's bytes leave the bound when its Future resolves (a done callback), so the
+sender of a message's last frame (``send_last``) need not wait for it: its task ends,
+and its bytes still hold back the connection's next senders.
+
 A stream's task is cancelled when its client leaves, so that its producer is closed at
 once. Its waits for a frame's Future are shielded: cancelling that Future would cancel
 Tornado's own write Future inside it, which Tornado then reports as an error.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any, Protocol
 
 from tornado.ioloop import PeriodicCallback
@@ -58,6 +63,8 @@ class SendWatch:
         #: The senders with frames not yet flushed.
         self.sending: set[Sender] = set()
         self.stalls = 0  # sends that waited for buffer space
+        self.frames_out = 0  # frames flushed to clients
+        self.bytes_out = 0  # their bytes (UTF-8 text)
         self.slow_consumers = 0  # connections closed by the send timeout
         self._timer: PeriodicCallback | None = None
 
@@ -108,16 +115,42 @@ class Sender:
         #: connections never stream).
         self.streams: set[asyncio.Task[Any]] | None = None
 
-    async def send(self, frame: str) -> int:
-        """Sends one text frame; returns its size in bytes once the socket has taken it.
+    async def send(self, frame: str) -> None:
+        """Sends one text frame and returns once the socket has taken it.
 
         Raises ConnectionGone when the client is gone, or goes while the frame waits.
-        The size is the frame's UTF-8 size, which is what the buffer bound counts.
         """
+        data = self._encoded(frame)
+        if self.pending_bytes and self.pending_bytes + len(data) > self.watch.send_buffer:
+            await self._room_for(len(data))
+        written = self._write(data)
+        try:
+            if self.streams and asyncio.current_task() in self.streams:
+                await asyncio.shield(written)
+            else:
+                await written
+        except WebSocketClosedError:
+            raise ConnectionGone() from None
+
+    async def send_last(self, frame: str) -> None:
+        """Sends the frame its sender ends with (a reply, a stream's done frame).
+
+        Like ``send``, it waits for room in the send buffer, and the frame's bytes count
+        against the bound until its Future resolves; only the sender does not wait for
+        that, since nothing of its own comes after.
+        """
+        data = self._encoded(frame)
+        if self.pending_bytes and self.pending_bytes + len(data) > self.watch.send_buffer:
+            await self._room_for(len(data))
+        self._write(data)
+
+    def _encoded(self, frame: str) -> bytes:
         if self.closing:
             raise ConnectionGone()
-        data = frame.encode("utf-8")
-        size = len(data)
+        return frame.encode("utf-8")
+
+    async def _room_for(self, size: int) -> None:
+        """Waits until ``size`` more bytes fit the bound (or nothing is pending)."""
         watch = self.watch
         while self.pending_bytes and self.pending_bytes + size > watch.send_buffer:
             watch.stalls += 1
@@ -126,30 +159,31 @@ class Sender:
             await self._drained
             if self.closing:
                 raise ConnectionGone()
+
+    def _write(self, data: bytes) -> asyncio.Future[None]:
         try:
             written = self.socket.write_message(data)
         except WebSocketClosedError:
             raise ConnectionGone() from None
+        size = len(data)
         if not self.pending_bytes:
             self.last_progress = time.monotonic()
-            watch.sending.add(self)
+            self.watch.sending.add(self)
         self.pending_bytes += size
-        try:
-            if self.streams and asyncio.current_task() in self.streams:
-                # A cancelled shield stops watching: the Future's failure is still seen.
-                written.add_done_callback(_seen)
-                await asyncio.shield(written)
-            else:
-                await written
-        except WebSocketClosedError:
-            raise ConnectionGone() from None
-        finally:
-            self.pending_bytes -= size
-            self.last_progress = time.monotonic()
-            if not self.pending_bytes:
-                watch.sending.discard(self)
-            self._wake()
-        return size
+        written.add_done_callback(partial(self._flushed, size))
+        return written
+
+    def _flushed(self, size: int, written: asyncio.Future[None]) -> None:
+        """Tornado has flushed the frame, or failed to: its bytes leave the bound."""
+        self.pending_bytes -= size
+        self.last_progress = time.monotonic()
+        watch = self.watch
+        if not self.pending_bytes:
+            watch.sending.discard(self)
+        if not written.cancelled() and written.exception() is None:
+            watch.frames_out += 1
+            watch.bytes_out += size
+        self._wake()
 
     def _wake(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -182,8 +216,3 @@ class Sender:
         first = self.mark_closed(code)
         self.socket.close(code, reason)
         return first
-
-
-def _seen(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
