@@ -297,7 +297,7 @@ class WsRunner:
         deadline = time.monotonic() + timeout
         if state.tasks:
             await asyncio.wait(set(state.tasks), timeout=timeout)
-        clients = [conn.socket for conn in state.registry]
+        closed = len(state.registry)
         for conn in state.registry:
             conn.close(1001, "Going Away")
         remaining = max(0.0, deadline - time.monotonic())
@@ -306,22 +306,17 @@ class WsRunner:
         cut = [task for task in state.tasks if not task.done()]
         for task in cut:
             task.cancel()
-        closing = [
-            c.closed for c in clients if isinstance(c, ClientHandler) and not c.closed.done()
-        ]
-        if closing:
-            _, unanswered = await asyncio.wait(closing, timeout=CLOSE_WAIT)
-        for client in clients:
-            client.abort()
-        if closing and unanswered:
+        if not await state.wait_sockets_closed(CLOSE_WAIT):
+            for client in list(state.sockets):
+                client.abort()
             # Tornado's frame loops end once they see their socket dropped.
-            await asyncio.wait(unanswered, timeout=CLOSE_WAIT)
+            await state.wait_sockets_closed(CLOSE_WAIT)
         if self._management is not None:
             self._management.stop()
             await self._management.close_all_connections()
         state.phase = Phase.STOPPED
         runner_log.info(
             "stopped: %d connections closed, %d events cut by the drain timeout",
-            len(clients),
+            closed,
             len(cut),
         )

@@ -38,6 +38,27 @@ class RunnerState:
     phase: Phase = Phase.STARTING
     #: Every event and on_disconnect task, so shutdown can wait for them.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: The WebSocketHandlers whose socket is open (shutdown waits for them to close).
+    sockets: set[Any] = field(default_factory=set)
+    #: Set once ``sockets`` is empty, while shutdown waits for that.
+    sockets_closed: asyncio.Event | None = None
+
+    def socket_closed(self, handler: Any) -> None:
+        """A handler's socket is closed; Tornado calls on_close once for each."""
+        self.sockets.discard(handler)
+        if not self.sockets and self.sockets_closed is not None:
+            self.sockets_closed.set()
+
+    async def wait_sockets_closed(self, timeout: float) -> bool:
+        """True once every open socket has closed, False after ``timeout`` seconds."""
+        if not self.sockets:
+            return True
+        self.sockets_closed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.sockets_closed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
         self.tasks.add(task)

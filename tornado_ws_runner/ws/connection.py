@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..engine import Response
+from . import codec
 from .sender import Sender, SendWatch, Socket
 
 if TYPE_CHECKING:
@@ -44,7 +46,6 @@ class Connection(Sender):
         "on_closed",
         "pong_at",
         "postback_url",
-        "push",
         "registry",
         "slot_free",
         "source_ip",
@@ -81,7 +82,6 @@ class Connection(Sender):
         self.close_code: int | None = None
         self.in_flight = 0
         self.slot_free: asyncio.Future[None] | None = None
-        self.push: Callable[..., Any] | None = None
         #: The loop's time of the last pong (keepalive.py closes those without a recent one).
         self.pong_at = 0.0
 
@@ -94,6 +94,15 @@ class Connection(Sender):
             "userAgent": self.user_agent,
             "subprotocol": self.subprotocol,
         }
+
+    async def push(self, response: Response | dict[str, Any]) -> None:
+        """Sends an out-of-band frame to this client (the ``push-function`` header);
+        raises ConnectionGone if it left."""
+        if isinstance(response, Response):
+            frame = codec.encode(response, response.headers.get("message-id"))
+        else:
+            frame = codec.strict_dumps(response)
+        await self.send(frame)
 
     def mark_closed(self, code: int | None = None) -> bool:
         """Takes the connection out of the registry; True only the first time, when

@@ -30,6 +30,9 @@ from .connection import Connection
 
 __all__ = ["ClientHandler"]
 
+#: What an upgraded request's headers become: nothing reads or writes them after open().
+_NO_HEADERS = tornado.httputil.HTTPHeaders()
+
 
 class ClientHandler(tornado.websocket.WebSocketHandler):
     """One client connection; its state lives in a ``Connection`` in the registry."""
@@ -37,12 +40,12 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
     def initialize(self, state: RunnerState) -> None:
         self.state = state
         self.conn: Connection | None = None
-        #: Resolved when Tornado has closed the socket (shutdown waits for it).
-        self.closed: asyncio.Future[None] = state.loop.create_future()
 
     # -- the upgrade -------------------------------------------------------------
 
-    async def get(self, *args: Any, **kwargs: Any) -> None:
+    def prepare(self) -> None:
+        """Refuses an upgrade while draining, past ``max_connections`` or from an Origin
+        not allowed; Tornado then answers it with ``write_error``."""
         state = self.state
         if state.phase is not Phase.READY:
             state.metrics.rejected.labels("draining").inc()
@@ -59,22 +62,13 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         if origin is not None and not self._origin_allowed(origin):
             state.metrics.rejected.labels("origin").inc()
             raise tornado.web.HTTPError(403, reason="Forbidden")
-        try:
-            await super().get(*args, **kwargs)
-        finally:
-            # Tornado's frame loop runs inside get(): past it, the connection is over. A
-            # frame loop that ended in an exception (before Tornado 6.6, on a close frame
-            # whose reason is not UTF-8) never called on_close, and left the socket open.
-            if self.conn is not None and not self.conn.closing:
-                self.abort()
-                self.on_close()
 
     def _origin_allowed(self, origin: str) -> bool:
         allowed = self.state.settings.limits.allowed_origins
         return not allowed or origin in allowed or "*" in allowed
 
     def check_origin(self, origin: str) -> bool:
-        """Always true: get() has checked Origin against the list already. Tornado 6.6
+        """Always true: prepare() has checked Origin against the list already. Tornado 6.6
         calls this only for what it deems cross-origin (not for Origin equal to Host, nor
         for Sec-Fetch-Site: same-origin), so the list cannot be enforced here alone."""
         return True
@@ -92,7 +86,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
 
     # -- open / close ------------------------------------------------------------
 
-    async def open(self, *args: Any, **kwargs: Any) -> None:
+    def open(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
+        """Registers the connection; with an ``on_connect`` event, returns its run, which
+        Tornado awaits before it reads the client's first frame."""
         self.set_nodelay(True)
         state = self.state
         settings = state.settings
@@ -107,7 +103,6 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         )
         if settings.management.enabled:
             conn.postback_url = f"{settings.management.base_url()}/@connections/{conn.id}"
-        conn.push = self._make_push(conn)
         conn.headers = {
             "connection-id": conn.id,
             "postback-url": conn.postback_url,
@@ -116,6 +111,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         }
         conn.on_closed = self._after_close
         self.conn = conn
+        state.sockets.add(self)
         state.registry.add(conn)
         state.metrics.opened.inc()
         if settings.logging.access:
@@ -123,7 +119,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         if not state.service.has_event("on_connect"):
             self._release_handshake()
             conn.accepted = True
-            return
+            return None
         headers = {k: ", ".join(request.headers.get_list(k)) for k in request.headers}
         self._release_handshake()
         url = urlsplit(request.uri or "/")
@@ -131,10 +127,15 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         connect = Event(
             codec.connect_request("on_connect", headers, query, url.path, conn.headers)
         )
-        started = time.perf_counter()
         # A tracked task: shutdown drains on_connect like any event in flight, and a
         # close meanwhile runs on_disconnect only after it (see _disconnect).
         conn.connecting = state.track(asyncio.ensure_future(self._connect(conn, connect)))
+        return self._connected(conn, connect)
+
+    async def _connected(self, conn: Connection, connect: Event) -> None:
+        """Waits for on_connect; a failed one closes the connection with 1008."""
+        assert conn.connecting is not None
+        started = time.perf_counter()
         try:
             response = await conn.connecting
         except asyncio.CancelledError:
@@ -142,7 +143,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             raise
         self._log_event(conn, connect, response, started)
         if response.status_code >= 400:
-            state.metrics.rejected.labels("on_connect").inc()
+            self.state.metrics.rejected.labels("on_connect").inc()
             reason = response.message if isinstance(response, ErrorResponse) else "Policy Violation"
             # A close frame's reason may hold at most 123 bytes of UTF-8.
             conn.close(1008, str(reason).encode("utf-8")[:123].decode("utf-8", "ignore"))
@@ -156,7 +157,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         keeps its URI, query and remote_ip.
         """
         request = self.request
-        request.headers = tornado.httputil.HTTPHeaders()
+        request.headers = _NO_HEADERS
         request.connection = None
         request.server_connection = None
 
@@ -168,10 +169,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         return response
 
     def on_close(self) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
         if self.conn is not None:
             self.conn.mark_closed(self.close_code)
+        self.state.socket_closed(self)
 
     def on_pong(self, data: bytes) -> None:
         if self.conn is not None:
@@ -292,17 +292,6 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             )
 
     # -- push and streams ----------------------------------------------------------
-
-    def _make_push(self, conn: Connection) -> Any:
-        async def push(response: Response | dict[str, Any]) -> None:
-            """Sends an out-of-band frame to this client; raises ConnectionGone if it left."""
-            if isinstance(response, Response):
-                frame = codec.encode(response, response.headers.get("message-id"))
-            else:
-                frame = codec.strict_dumps(response)
-            await conn.send(frame)
-
-        return push
 
     async def _stream(self, conn: Connection, response: StreamResponse, message_id: Any) -> None:
         """One frame per chunk, each produced only after the previous one was flushed."""
