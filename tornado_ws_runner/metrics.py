@@ -69,59 +69,65 @@ class _FrameCounters(Collector):
         )
 
 
-class _EventCounters(Collector):
-    """Events by name and status, and their durations: plain ints and floats bumped per
-    event, read at scrape time (prometheus_client's Counter and Histogram take a lock
-    per call and walk the buckets one by one; the event loop is single-threaded).
+class _Tally:
+    """One (event, status) pair: its count, its durations by bucket and their sum."""
 
-    Exported as prometheus_client's own Counter and Histogram would be (the same series,
-    ``_created`` included), the histogram with the default buckets.
+    __slots__ = ("buckets", "count", "created", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.count = 0
+        self.buckets = [0] * buckets  # counts per bucket, not cumulative
+        self.total = 0.0
+        self.created = time.time()
+
+
+class _EventCounters(Collector):
+    """Events by name and status, and their durations: plain numbers bumped per event,
+    read at scrape time (prometheus_client's Counter and Histogram take a lock per call
+    and walk the buckets one by one; the event loop is single-threaded).
+
+    An event costs one dict lookup (``add``); the histogram, which has no status label,
+    adds up its event's statuses at scrape time. Exported as prometheus_client's own
+    Counter and Histogram would be (the same series, ``_created`` included), the
+    histogram with the default buckets.
     """
 
     BOUNDS = Histogram.DEFAULT_BUCKETS[:-1]  # seconds; the last bucket is +Inf
     _LE = [floatToGoString(b) for b in Histogram.DEFAULT_BUCKETS]
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, int], int] = {}
-        self.created: dict[tuple[str, int], float] = {}
-        self.histogram_created: dict[str, float] = {}
-        self.buckets: dict[str, list[int]] = {}  # per event: counts per bucket, not cumulative
-        self.sums: dict[str, float] = {}
+        self.tallies: dict[tuple[str, int], _Tally] = {}
 
     def add(self, event: str, status: int, seconds: float) -> None:
         key = (event, status)
-        if key in self.counts:
-            self.counts[key] += 1
-        else:
-            self.counts[key] = 1
-            self.created[key] = time.time()
-        buckets = self.buckets.get(event)
-        if buckets is None:
-            buckets = self.buckets[event] = [0] * (len(self.BOUNDS) + 1)
-            self.sums[event] = 0.0
-            self.histogram_created[event] = time.time()
-        buckets[bisect_left(self.BOUNDS, seconds)] += 1
-        self.sums[event] += seconds
+        tally = self.tallies.get(key)
+        if tally is None:
+            tally = self.tallies[key] = _Tally(len(self.BOUNDS) + 1)
+        tally.count += 1
+        tally.buckets[bisect_left(self.BOUNDS, seconds)] += 1
+        tally.total += seconds
 
     def collect(self) -> Iterable[Metric]:
         events = CounterMetricFamily(
             "twr_events", "Events processed, by event and status code.", labels=["event", "status"]
         )
-        for (event, status), count in self.counts.items():
-            events.add_metric([event, str(status)], count, created=self.created[(event, status)])
+        by_event: dict[str, list[_Tally]] = {}
+        for (event, status), tally in self.tallies.items():
+            events.add_metric([event, str(status)], tally.count, created=tally.created)
+            by_event.setdefault(event, []).append(tally)
         yield events
         duration = HistogramMetricFamily(
             "twr_handler_duration_seconds", "Time to process an event.", labels=["event"]
         )
-        for event, buckets in self.buckets.items():
-            cumulative = list(zip(self._LE, accumulate(buckets), strict=True))
-            duration.add_metric([event], cumulative, sum_value=self.sums[event])
-        yield duration
         created = GaugeMetricFamily(
             "twr_handler_duration_seconds_created", "Time to process an event.", labels=["event"]
         )
-        for event, timestamp in self.histogram_created.items():
-            created.add_metric([event], timestamp)
+        for event, tallies in by_event.items():
+            buckets = [sum(column) for column in zip(*(t.buckets for t in tallies), strict=True)]
+            cumulative = list(zip(self._LE, accumulate(buckets), strict=True))
+            duration.add_metric([event], cumulative, sum_value=sum(t.total for t in tallies))
+            created.add_metric([event], min(t.created for t in tallies))
+        yield duration
         yield created
 
 

@@ -59,13 +59,13 @@ class Event:
         "__dict__",
         "_correlation_id",
         "_id",
+        "_response",
         "identity",
         "method",
         "name",
         "params",
         "payload",
         "request",
-        "response",
         "version",
     )
 
@@ -83,7 +83,7 @@ class Event:
         self.method = request.method
         self.version: str | None = None
         self.payload = request.payload
-        self.response: Response = Response()
+        self._response: Response | None = None
         self.identity = identity
         self.params = dict(request.params)
         if request.name or not request.path.strip("/"):
@@ -92,6 +92,18 @@ class Event:
             self.name = self._name_from_path(request.path)
         if query:
             self.params.update(query)
+
+    @property
+    def response(self) -> Response:
+        """What the chain answers; an empty 200 until a handler sets one (made when first
+        asked for: most handlers set their own)."""
+        if self._response is None:
+            self._response = Response()
+        return self._response
+
+    @response.setter
+    def response(self, value: Response) -> None:
+        self._response = value
 
     @property
     def id(self) -> str:

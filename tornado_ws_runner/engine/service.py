@@ -195,6 +195,12 @@ class Service:
                 policy.blocking_warning = self.blocking_warning
         self._started: asyncio.Future[None] | None = None
         self._ready = "on_first_request" not in routes
+        # The hooks around every event, looked up once: the routes never change.
+        self._before = routes.get("on_before_request")
+        self._success = routes.get("on_success")
+        self._after = routes.get("on_after_request")
+        self._catchall = routes.get("catchall")
+        self._traced = any(route.trace for route in routes.values())
         self._first_lock: asyncio.Lock | None = None
 
     @classmethod
@@ -237,7 +243,7 @@ class Service:
             await self.start()
         if not self._ready and not await self._first_request(event):
             return event.response
-        started = time.perf_counter()
+        started = time.perf_counter() if self._traced else 0.0
         try:
             if self.handler_timeout is None:
                 await self._main(event)
@@ -245,13 +251,13 @@ class Service:
                 await self._main_with_timeout(event, self.handler_timeout)
         except Exception as error:
             await self._handle_error(event, error)
-        after = self.routes.get("on_after_request")
+        after = self._after
         if after is not None:
             try:
                 await after.run(event)
             except Exception as error:
                 await self._handle_error(event, error)
-        route = self.routes.get(event.name)
+        route = self.routes.get(event.name) if self._traced else None
         if route is not None and route.trace and engine_log.isEnabledFor(TRACE):
             engine_log.log(
                 TRACE,
@@ -302,10 +308,10 @@ class Service:
 
     async def _main(self, event: Event) -> None:
         routes = self.routes
-        before = routes.get("on_before_request")
+        before = self._before
         if before is not None:
             await before.run(event)
-        route = routes.get(event.name) or routes.get(event.method) or routes.get("catchall")
+        route = routes.get(event.name) or routes.get(event.method) or self._catchall
         if route is None:
             raise ErrorResponse(
                 "Not Implemented.", 501, f"Route for '{event.name}' event could not be found."
@@ -313,7 +319,7 @@ class Service:
         await route.run(event)
         if isinstance(event.response, ErrorResponse):
             raise event.response
-        success = routes.get("on_success")
+        success = self._success
         if success is not None:
             await success.run(event)
 
