@@ -16,7 +16,6 @@ from wsutil import PROBE, RawClient, Serve, bounded, registry, until
 READ_CHUNK = 65536
 
 
-
 def echo(message_id: str, payload: str = "") -> str:
     return json.dumps({"name": "echo", "headers": {"message-id": message_id}, "payload": payload})
 

@@ -220,9 +220,7 @@ async def test_no_message_is_routed_when_on_connect_fails(serve: Any, monkeypatc
     assert await closed_with(conn) == (1008, "Denied.")
     (cid,) = PROBE.connection_ids()
     await until(lambda: PROBE.disconnects_of(cid), "on_disconnect")
-    await until(
-        lambda: handlers and handlers[0] not in runner.state.sockets, "the socket closed"
-    )
+    await until(lambda: handlers and handlers[0] not in runner.state.sockets, "the socket closed")
     assert len(seen) == 3, "the messages reached the server"
     assert PROBE.events == [] and ("message", 0) not in PROBE.log
 
@@ -659,26 +657,6 @@ async def test_push_function_raises_when_the_connection_is_gone(serve: Any) -> N
 
 
 # -- TLS -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    folder = tmp_path_factory.mktemp("tls")
-    key, cert = folder / "server.key", folder / "server.crt"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-nodes", "-days", "1",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-keyout", str(key), "-out", str(cert),
-            "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )  # fmt: skip
-    return str(key), str(cert)
 
 
 async def test_tls_and_plain_ports_serve_at_once(serve: Any, certificate: tuple[str, str]) -> None:

@@ -4,6 +4,7 @@ backpressure, the per-connection send bound, slow and vanishing clients."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import pytest
@@ -25,6 +26,37 @@ from wsutil import (
 
 CHUNK = 16384  # characters per chunk of the endless producer
 FRAME = CHUNK + 400  # a chunk's frame: the chunk plus its JSON envelope and headers
+
+
+class Port:
+    """The client port a test runs on: plain (ws://) or TLS (wss://), the same send path."""
+
+    def __init__(self, kind: str, certificate: tuple[str, str]) -> None:
+        self.kind = kind
+        self.key, self.cert = certificate
+
+    async def serve(self, serve: Serve, **sections: Any) -> Any:
+        if self.kind == "tls":
+            sections["tls"] = {"key": self.key, "cert": self.cert, "port": 0}
+        return await serve(**sections)
+
+    def url(self, runner: Any) -> str:
+        return ws_url(runner, tls=self.kind == "tls")
+
+    def context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.cert) if self.kind == "tls" else None
+
+    async def tornado(self, runner: Any) -> Any:
+        """Tornado's client: it stops reading its socket while nobody reads a message."""
+        return await tornado_connect(self.url(runner), ssl_options=self.context())
+
+    def websockets(self, runner: Any) -> Any:
+        return websockets_connect(self.url(runner), ssl=self.context())
+
+
+@pytest.fixture(params=["plain", "tls"])
+def port(request: pytest.FixtureRequest, certificate: tuple[str, str]) -> Port:
+    return Port(request.param, certificate)
 
 
 async def read_stream(conn: Any, message_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -69,10 +101,12 @@ async def connection_id(conn: Any) -> str:
 
 
 @pytest.mark.parametrize("kind", ["async", "sync", "list"])
-async def test_stream_sends_every_chunk_then_exactly_one_done(serve: Serve, kind: str) -> None:
+async def test_stream_sends_every_chunk_then_exactly_one_done(
+    serve: Serve, port: Port, kind: str
+) -> None:
     """200 chunk frames (one stream id, message-id, in order), then exactly one done frame."""
-    runner = await serve()
-    async with websockets_connect(ws_url(runner)) as ws:
+    runner = await port.serve(serve)
+    async with port.websockets(runner) as ws:
         await send(
             ws,
             {"name": "stream", "params": {"n": 200, "kind": kind}, "headers": {"message-id": "s"}},
@@ -88,10 +122,10 @@ async def test_stream_sends_every_chunk_then_exactly_one_done(serve: Serve, kind
         assert after["headers"]["message-id"] == "after"
 
 
-async def test_two_streams_have_their_own_ids(serve: Serve) -> None:
+async def test_two_streams_have_their_own_ids(serve: Serve, port: Port) -> None:
     """Each stream gets its own x-stream-id; frames of each carry their message-id."""
-    runner = await serve()
-    conn = await tornado_connect(ws_url(runner))
+    runner = await port.serve(serve)
+    conn = await port.tornado(runner)
     for mid in ("one", "two"):
         await send(conn, {"name": "stream", "params": {"n": 30}, "headers": {"message-id": mid}})
     frames = [await recv(conn) for _ in range(62)]
@@ -108,11 +142,11 @@ async def test_two_streams_have_their_own_ids(serve: Serve) -> None:
     [("runtime", 500, "Internal Server Error"), ("conflict", 409, "Producer conflict.")],
 )
 async def test_failing_producer_ends_with_one_done_frame_with_the_error(
-    serve: Serve, error: str, status: int, message: str
+    serve: Serve, port: Port, error: str, status: int, message: str
 ) -> None:
     """A failing producer ends with one done frame carrying the error status and body."""
-    runner = await serve()
-    async with websockets_connect(ws_url(runner)) as ws:
+    runner = await port.serve(serve)
+    async with port.websockets(runner) as ws:
         await send(
             ws,
             {"name": "failingStream", "params": {"error": error}, "headers": {"message-id": "f"}},
@@ -132,12 +166,13 @@ async def test_failing_producer_ends_with_one_done_frame_with_the_error(
 
 async def test_a_paused_client_makes_the_producer_wait_and_memory_stays_bounded(
     serve: Serve,
+    port: Port,
 ) -> None:
     """A paused client stalls the producer within the send bound; reading resumes it."""
     send_buffer = 64 * 1024
-    runner = await serve(limits={"send_buffer": send_buffer})
+    runner = await port.serve(serve, limits={"send_buffer": send_buffer})
     # Tornado's client stops reading from its socket while nobody calls read_message.
-    conn = await tornado_connect(ws_url(runner))
+    conn = await port.tornado(runner)
     sampler = Sampler(runner, await connection_id(conn))
     await send(conn, {"name": "endless", "params": {"key": "p"}, "headers": {"message-id": "e"}})
     await until(lambda: PROBE.counters["p"] > 0, "the producer to start")
@@ -156,11 +191,11 @@ async def test_a_paused_client_makes_the_producer_wait_and_memory_stays_bounded(
     await until(lambda: PROBE.flags.get("p_closed"), "the producer to be closed")
 
 
-async def test_concurrent_senders_share_one_bound_per_connection(serve: Serve) -> None:
+async def test_concurrent_senders_share_one_bound_per_connection(serve: Serve, port: Port) -> None:
     """Three streams on one stuck connection share one send bound; extra senders stall."""
     send_buffer = 40_000
-    runner = await serve(limits={"send_buffer": send_buffer})
-    conn = await tornado_connect(ws_url(runner))
+    runner = await port.serve(serve, limits={"send_buffer": send_buffer})
+    conn = await port.tornado(runner)
     sampler = Sampler(runner, await connection_id(conn))
     for key in ("a", "b", "c"):
         await send(conn, {"name": "endless", "params": {"key": key}})
@@ -174,12 +209,12 @@ async def test_concurrent_senders_share_one_bound_per_connection(serve: Serve) -
     await until(lambda: all(PROBE.flags.get(f"{k}_closed") for k in "abc"), "producers closed")
 
 
-async def test_the_bound_holds_in_bytes_for_non_ascii_frames(serve: Serve) -> None:
+async def test_the_bound_holds_in_bytes_for_non_ascii_frames(serve: Serve, port: Port) -> None:
     """The send bound holds in bytes for frames of 3-byte characters."""
     send_buffer = 64 * 1024
     frame_bytes = 3 * CHUNK + 400
-    runner = await serve(limits={"send_buffer": send_buffer})
-    conn = await tornado_connect(ws_url(runner))
+    runner = await port.serve(serve, limits={"send_buffer": send_buffer})
+    conn = await port.tornado(runner)
     sampler = Sampler(runner, await connection_id(conn))
     for key in ("a", "b", "c", "d"):
         await send(conn, {"name": "endless", "params": {"key": key, "char": "€"}})
@@ -209,13 +244,15 @@ async def test_a_client_vanishing_mid_stream_closes_the_producer(serve: Serve) -
     assert len(PROBE.disconnects_of(cid)) == 1
 
 
-async def test_a_client_stuck_past_the_send_timeout_is_disconnected(serve: Serve) -> None:
+async def test_a_client_stuck_past_the_send_timeout_is_disconnected(
+    serve: Serve, port: Port
+) -> None:
     """A client stuck past timeouts.send is dropped and counted; idle clients are not."""
     send_buffer = 64 * 1024
-    runner = await serve(limits={"send_buffer": send_buffer}, timeouts={"send": 0.5})
-    idle = await tornado_connect(ws_url(runner))
+    runner = await port.serve(serve, limits={"send_buffer": send_buffer}, timeouts={"send": 0.5})
+    idle = await port.tornado(runner)
     idle_id = await connection_id(idle)
-    conn = await tornado_connect(ws_url(runner))
+    conn = await port.tornado(runner)
     cid = await connection_id(conn)
     sampler = Sampler(runner, cid)
     await send(conn, {"name": "endless", "params": {"key": "s"}})

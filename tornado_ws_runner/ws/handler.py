@@ -124,9 +124,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         self._release_handshake()
         url = urlsplit(request.uri or "/")
         query = {k: v[0].decode("utf-8", "replace") for k, v in request.query_arguments.items()}
-        connect = Event(
-            codec.connect_request("on_connect", headers, query, url.path, conn.headers)
-        )
+        connect = Event(codec.connect_request("on_connect", headers, query, url.path, conn.headers))
         # A tracked task: shutdown drains on_connect like any event in flight, and a
         # close meanwhile runs on_disconnect only after it (see _disconnect).
         conn.connecting = state.track(asyncio.ensure_future(self._connect(conn, connect)))
