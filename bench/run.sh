@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the side-by-side WebSocket bench with this checkout's daemon as the target
 # "tornado_ws_runner", in one command, from anywhere:
-#   bench/run.sh                                   # all peers, 1 round (~2-3 min)
-#   bench/run.sh --rounds 3 --only tornado_raw,node_configurapi,tornado_ws_runner --out /tmp/b.json
+#   bench/run.sh                                   # all peers, 1 round (~4 min)
+#   bench/run.sh --rounds 3 --ref tornado_raw_uvloop --out /tmp/b.json   # docs/performance.md's run
+#   bench/run.sh --rounds 3 --only tornado_raw_uvloop,tornado_ws_runner --ref tornado_raw_uvloop
 # Extra arguments go to the bench's run.py (--rounds, --only, --modes, --out, --ref ...).
 #
 # The shared bench is read-only: it is copied to $BENCH_DIR (default /tmp/bench, kept
@@ -25,10 +26,14 @@ if [ ! -f "$dir/run.py" ]; then
 fi
 "$dir/setup.sh" >&2
 
-# The daemon's config must be valid before the bench starts it.
+# The daemon's configs must be valid before the bench starts them.
 "$exe" --conf "$repo/bench/runner.yaml" --check >&2
+"$exe" --conf "$repo/bench/variants/access-on.yaml" --check >&2
 
+# Two targets: the daemon with access lines off (bench/runner.yaml), and with logging as
+# shipped (info, an access line per event: bench/variants/access-on.yaml).
 # --out and other relative paths: run.sh/run.py take them from the caller's directory.
 exec "$dir/run.sh" \
   --target "tornado_ws_runner=$exe --conf $repo/bench/runner.yaml --port {port}" \
+  --target "twr_access_on=$exe --conf $repo/bench/variants/access-on.yaml --port {port}" \
   "$@"
