@@ -8,7 +8,9 @@ import logging.handlers
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 
 __all__ = [
     "TRACE",
@@ -33,11 +35,13 @@ management_log = logging.getLogger("tornado_ws_runner.management")
 
 
 class BatchedStderrHandler(logging.StreamHandler):
-    """stderr, with access lines flushed in batches instead of one write(2) each.
+    """stderr, with access lines written in batches instead of one write(2) each.
 
     One flushed line per event was measured at ~60% more server CPU per reply
-    (docs/performance.md). Access lines are flushed at least every ``interval`` seconds
-    by a small thread; every other line (start, reload, warnings) is flushed at once.
+    (docs/performance.md). An access line is queued (a deque: the event loop's thread
+    appends, the flushing thread takes, no lock between them) and a small thread writes
+    the queue out at least every ``interval`` seconds, in one write. Every other line
+    (start, reload, warnings) is written at once, after the access lines queued before it.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
@@ -46,7 +50,9 @@ class BatchedStderrHandler(logging.StreamHandler):
         )
         super().__init__(stream)
         self.interval = interval
-        self._pending = False
+        self._lines: deque[str] = deque()
+        #: Queues an access line formatted by AccessLines (no LogRecord).
+        self.write_line: Callable[[str], None] = self._lines.append
         threading.Thread(target=self._flush_periodically, name="log-flush", daemon=True).start()
 
     def flush(self) -> None:
@@ -54,25 +60,32 @@ class BatchedStderrHandler(logging.StreamHandler):
 
     def flush_now(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            if self._pending:
-                self.stream.flush()
-                self._pending = False
+            self._write_queued()
+            self.stream.flush()
+
+    def _write_queued(self) -> None:
+        lines = self._lines
+        batch: list[str] = []
+        with suppress(IndexError):
+            while True:
+                batch.append(lines.popleft())
+        if batch:
+            batch.append("")
+            try:
+                self.stream.write(self.terminator.join(batch))
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": batch[0]}))
 
     def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)
-        self._pending = True
-        if record.name != access_log.name:
-            self.flush_now()
-
-    def write_line(self, text: str) -> None:
-        """An access line formatted by AccessLines: what emit() does with it, minus the
-        LogRecord."""
-        with self.lock:  # type: ignore[union-attr]
+        if record.name == access_log.name:
             try:
-                self.stream.write(text + self.terminator)
+                self._lines.append(self.format(record))
             except Exception:
-                self.handleError(logging.makeLogRecord({"msg": text}))
-            self._pending = True
+                self.handleError(record)
+            return
+        self._write_queued()  # logging.Handler.handle holds the lock around emit()
+        super().emit(record)
+        self.stream.flush()
 
     def _flush_periodically(self) -> None:
         while True:
@@ -127,12 +140,16 @@ class SecondCachingFormatter(logging.Formatter):
             return None
         fields = {"levelname": levelname, "name": name, "asctime": "", "message": ""}
         asctime = self._asctime if "asctime" in probe.asked else None
+        shown = [-1]  # the millisecond whose asctime is in fields: lines of one share it
 
         def make(message: str) -> str:
             if asctime is not None:
                 now = clock()
                 second = int(now)
-                fields["asctime"] = asctime(second, int((now - second) * 1000))  # as LogRecord
+                msecs = int((now - second) * 1000)  # as LogRecord does
+                if second * 1000 + msecs != shown[0]:
+                    shown[0] = second * 1000 + msecs
+                    fields["asctime"] = asctime(second, msecs)
             fields["message"] = message
             return fmt % fields
 
