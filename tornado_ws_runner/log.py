@@ -37,11 +37,11 @@ management_log = logging.getLogger("tornado_ws_runner.management")
 class BatchedStderrHandler(logging.StreamHandler):
     """stderr, with access lines written in batches instead of one write(2) each.
 
-    One flushed line per event was measured at ~60% more server CPU per reply
-    (docs/performance.md). An access line is queued (a deque: the event loop's thread
-    appends, the flushing thread takes, no lock between them) and a small thread writes
-    the queue out at least every ``interval`` seconds, in one write. Every other line
-    (start, reload, warnings) is written at once, after the access lines queued before it.
+    A write(2) per line would cost more than the rest of an event. An access line is
+    queued (a deque: the event loop's thread appends, the flushing thread takes, no lock
+    between them) and a small thread writes the queue out at least every ``interval``
+    seconds, in one write. Every other line (start, reload, warnings) is written at once,
+    after the access lines queued before it.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
@@ -100,7 +100,7 @@ class BatchedStderrHandler(logging.StreamHandler):
 class SecondCachingFormatter(logging.Formatter):
     """``logging.Formatter`` with the date and time part of ``asctime`` made once a second.
 
-    Formatting it (localtime, strftime) was 3 of the ~16 us an access line costs; lines
+    Formatting it (localtime, strftime) is a good part of an access line's cost; lines
     of the same second share it. Only the milliseconds are added per record. The text is
     the same as ``logging.Formatter``'s.
     """
@@ -172,14 +172,12 @@ class AccessLines:
     """The access lines: one per connection opened and closed and per event.
 
     Through ``logging`` a line costs a LogRecord, the logger's and the handler's checks
-    and ``Formatter.format``: 37% more instructions per echo reply with the shipped
-    defaults than with access lines off (bench/instructions.py; docs/performance.md,
-    "Logging as shipped"). When ``configure`` has sent the logs to stderr at INFO or
-    below with a format showing only ``asctime``, ``levelname``, ``name`` and
-    ``message``, a line is made here, the same text the formatter makes, and handed to
-    the handler's stream: 15% more. Otherwise it goes through ``logging``. Only
-    ``configure`` switches between the two, and only ws.py's event-loop thread writes
-    lines (``make`` reuses one dict).
+    and ``Formatter.format``, several times what the line itself needs. When
+    ``configure`` has sent the logs to stderr at INFO or below with a format showing
+    only ``asctime``, ``levelname``, ``name`` and ``message``, a line is made here, the
+    same text the formatter makes, and queued on the handler. Otherwise it goes through
+    ``logging``. Only ``configure`` switches between the two, and only the event loop's
+    thread writes lines (``make`` reuses one dict).
     """
 
     __slots__ = ("_direct",)
@@ -213,7 +211,7 @@ class AccessLines:
         self._direct = lambda message: write(make(message))
 
 
-#: Where ws.py writes its access lines.
+#: Where the client port (ws/handler.py) writes its access lines.
 access = AccessLines()
 
 

@@ -1,7 +1,7 @@
 """Keep-alive pings for every connection from one task, instead of a task per connection.
 
 Tornado pings each connection from a task of its own: per idle connection a task, two
-coroutines, a timer and a Future, ~1.6 KiB (bench/memory.py). Here one task pings every
+coroutines, a timer and a Future (bench/memory.py shows them). Here one task pings every
 open connection each ``interval`` seconds and, ``timeout`` seconds after that round,
 closes those that have sent no pong since it (close code 1000, reason ``ping timed
 out``, as Tornado's own keep-alive does). A pong is seen through ``Connection.pong_at``,
@@ -9,7 +9,7 @@ which the WebSocket handler sets.
 
 Pings go out ``BATCH`` connections per loop turn, so a round over 10,000 connections
 does not hold the loop while other clients wait. A ping is written like any control
-frame, outside the send-buffer bound (``Connection.send``): a client that stops reading
+frame, outside the send-buffer bound (sender.py): a client that stops reading
 is left to the send timeout's sweep.
 """
 
