@@ -5,8 +5,12 @@ violation Tornado drops a connection for."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import gc
 import json
+import os
+import struct
 from typing import Any
 
 import pytest
@@ -145,6 +149,9 @@ VIOLATIONS = {
     "continuation with nothing to continue": RawClient.frame(b"{}", opcode=0x0),
     "new message inside a fragmented one": RawClient.frame(b"{", opcode=0x1, fin=False)
     + RawClient.frame(b"{}", opcode=0x1),
+    "reserved data opcode 0x3": RawClient.frame(b"{}", opcode=0x3),
+    "reserved control opcode 0xB": RawClient.frame(b"", opcode=0xB),
+    "text that is not UTF-8": RawClient.frame(b'{"name": "\xff"}'),
 }
 
 
@@ -189,4 +196,116 @@ async def test_frames_sent_with_the_upgrade_request_are_answered(serve: Serve) -
     assert raw.status == 101
     ids = [(await reply(raw))["headers"]["message-id"] for _ in range(3)]
     assert ids == ["early0", "early1", "early2"]
+    raw.abort()
+
+
+# -- where Tornado departs from RFC 6455 (docs/reliability.md) --------------------------------
+
+
+async def test_an_unmasked_client_frame_is_answered(serve: Serve) -> None:
+    """RFC 6455 section 5.1 has a server close the connection on a client frame without a
+    mask; Tornado takes the payload as it is and the frame is answered."""
+    raw = await connected(serve)
+    payload = echo("bare").encode()
+    await raw.send_bytes(struct.pack("!BB", 0x81, len(payload)) + payload)
+    assert (await reply(raw))["headers"]["message-id"] == "bare"
+    raw.abort()
+
+
+async def test_text_not_utf8_in_an_early_fragment_drops_the_connection_at_the_last(
+    serve: Serve,
+) -> None:
+    """UTF-8 is checked on the whole message: after a bad first fragment the connection
+    still answers a ping; the last fragment gets it dropped, with no close frame."""
+    raw = await connected(serve)
+    await raw.send_bytes(RawClient.frame(b"\xff", fin=False))
+    await raw.send_bytes(RawClient.frame(b"still open", opcode=0x9))
+    assert await raw.read_frame() == (0xA, b"still open")
+    await raw.send_bytes(RawClient.frame(b"{}", opcode=0x0))
+    assert await bounded(raw.reader.read()) == b"", "dropped without a close frame"
+    raw.abort()
+
+
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535])
+async def test_a_close_code_is_echoed_whatever_it_is(serve: Serve, code: int) -> None:
+    """Codes RFC 6455 reserves for no wire use (1005, 1006, 1015), codes outside its
+    ranges and unassigned ones are echoed as received, without the reason; the server
+    then closes the TCP connection."""
+    raw = await connected(serve)
+    await raw.send_bytes(RawClient.frame(struct.pack(">H", code) + b"why", opcode=0x8))
+    assert await raw.read_frame() == (0x8, struct.pack(">H", code))
+    assert await bounded(raw.reader.read()) == b""
+    raw.abort()
+
+
+async def test_a_one_byte_close_payload_is_answered_with_an_empty_close(serve: Serve) -> None:
+    """A close payload too short to hold a code is not refused: an empty close answers."""
+    raw = await connected(serve)
+    await raw.send_bytes(RawClient.frame(b"\x03", opcode=0x8))
+    assert await raw.read_frame() == (0x8, b"")
+    assert await bounded(raw.reader.read()) == b""
+    raw.abort()
+
+
+async def test_a_64_bit_length_with_its_top_bit_set_closes_1009(serve: Serve) -> None:
+    """The top bit of a 64-bit length must be 0; set, it reads as a length past the
+    limit: close 1009."""
+    raw = await connected(serve)
+    await raw.send_bytes(struct.pack("!BBQ", 0x81, 0x80 | 127, 1 << 63) + os.urandom(4))
+    assert await raw.read_frame() == (0x8, struct.pack(">H", 1009) + b"message too big")
+    raw.abort()
+
+
+async def upgrade(
+    runner: Any, version: str, key: str, extra: str = "Sec-WebSocket-Version: 13"
+) -> tuple[RawClient, bytes]:
+    """An upgrade request written by hand (``version``, ``Sec-WebSocket-Key`` and the
+    ``extra`` header lines as given); the client and the answer's head."""
+    reader, writer = await bounded(asyncio.open_connection("127.0.0.1", runner.ports["listen"]))
+    writer.write(
+        f"GET /lenient {version}\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n{extra}\r\n\r\n".encode()
+    )
+    raw = RawClient(reader, writer)
+    head = await bounded(reader.readuntil(b"\r\n\r\n"))
+    raw.status = int(head.split(b" ", 2)[1])
+    return raw, head
+
+
+async def test_any_websocket_key_is_accepted(serve: Serve) -> None:
+    """Sec-WebSocket-Key is meant to be the base64 of 16 bytes; any non-empty value gets
+    101 and the connection is served."""
+    raw, _ = await upgrade(await serve(), "HTTP/1.1", "not a base64 nonce")
+    assert raw.status == 101
+    await raw.send_text(echo("served"))
+    assert (await reply(raw))["headers"]["message-id"] == "served"
+    raw.abort()
+
+
+async def test_an_upgrade_over_http_1_0_gets_101_and_is_closed_at_once(serve: Serve) -> None:
+    """RFC 6455 asks for HTTP/1.1; over HTTP/1.0 Tornado answers 101, then closes the
+    connection as it does after any HTTP/1.0 answer: on_connect and on_disconnect run
+    once each, and no frame is exchanged."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw, _ = await upgrade(await serve(), "HTTP/1.0", key)
+    assert raw.status == 101
+    assert await bounded(raw.reader.read()) == b""
+    await until(lambda: len(PROBE.disconnects) == 1, "on_disconnect run")
+    assert len(PROBE.connects) == 1
+    raw.abort()
+
+
+async def test_only_version_13_is_served_and_compression_is_never_agreed(serve: Serve) -> None:
+    """Sec-WebSocket-Version 8 gets 426 naming version 13; an offer of permessage-deflate
+    gets 101 without a Sec-WebSocket-Extensions header (the runner enables none)."""
+    runner = await serve()
+    key = base64.b64encode(os.urandom(16)).decode()
+    old, head = await upgrade(runner, "HTTP/1.1", key, "Sec-WebSocket-Version: 8")
+    assert old.status == 426 and b"\r\nSec-Websocket-Version: 13\r\n" in head
+    old.abort()
+    offer = "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate"
+    raw, head = await upgrade(runner, "HTTP/1.1", key, offer)
+    assert raw.status == 101 and b"extensions" not in head.lower()
+    await raw.send_text(echo("plain"))
+    assert (await reply(raw))["headers"]["message-id"] == "plain"
     raw.abort()

@@ -4,6 +4,10 @@ JSON and are not, oversized and malformed bodies, and Authorization headers of e
 wrong shape. Each answer is a JSON error {statusCode, message, details} with the right
 status, no traceback or file path; a Hypothesis property covers random requests.
 
+Requests malformed at the HTTP level (request line, headers, Content-Length,
+Transfer-Encoding, chunked framing) are answered by Tornado's HTTP layer itself, a bare
+400 and a close: those tests pin that exact answer, raw bytes on a socket.
+
 tests/test_management.py has the routes' normal behaviour and first error cases; these
 extend them without repeating them.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import string
 import sys
 from dataclasses import dataclass, field
@@ -65,6 +70,52 @@ def assert_error(answer: Any, status: int, message: str, sent: str = "") -> dict
 def leaked(text: str, sent: str) -> list[str]:
     """Markers of internals (a traceback, a source file) the request did not hold itself."""
     return [marker for marker in LEAKS if marker in text and marker not in sent]
+
+
+BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+POST_TO = "POST /@connections/{id} HTTP/1.1"
+CHUNKED = b"2\r\n{}\r\n0\r\n\r\n"  # a well-formed chunked body: "{}"
+
+
+def request(line: str, *headers: str, body: bytes = b"") -> bytes:
+    """A request as sent on the wire: its line, ``Host: x``, ``headers``, an empty line and
+    ``body`` (CRLF line ends, Latin-1, so any byte can be written)."""
+    return "\r\n".join([line, "Host: x", *headers, "", ""]).encode("latin-1") + body
+
+
+def chunked(body: bytes, transfer_encoding: str = "chunked") -> bytes:
+    """A POST to the open connection ({id}) with this Transfer-Encoding and body."""
+    return request(POST_TO, f"Transfer-Encoding: {transfer_encoding}", body=body)
+
+
+async def exchange(port: int, sent: bytes) -> bytes:
+    """Sends ``sent`` as it is; everything the server sends until it closes the connection
+    (a reset counts as the close: the server dropped bytes it had not read)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = b""
+    try:
+        writer.write(sent)
+        await writer.drain()
+        while chunk := await asyncio.wait_for(reader.read(65536), h.WAIT):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        writer.close()
+    return received
+
+
+def split_answer(data: bytes) -> tuple[int, dict[str, str], bytes, bytes]:
+    """The first answer in ``data``: its status, headers (names lower-cased), body (by its
+    Content-Length), and the bytes after it."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    return int(lines[0].split()[1]), headers, rest[:length], rest[length:]
 
 
 async def nothing_was_delivered(client: h.Client) -> None:
@@ -314,15 +365,285 @@ async def test_a_malformed_content_length_is_refused_and_the_port_keeps_serving(
 
 @async_test
 async def test_a_header_block_over_tornados_limit_is_dropped_and_the_port_keeps_serving() -> None:
-    """A request line of 70 KB (over the 64 KiB header limit): no answer, no traceback."""
+    """A request line of 70 KB (over limits.max_header_size): closed without an answer
+    (a reset, as the server leaves the rest unread), no traceback."""
     async with running() as run:
-        reader, writer = await asyncio.open_connection("127.0.0.1", run.management_port)
-        writer.write(f"GET /{'a' * 70_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), h.WAIT)
-        writer.close()
-        assert not leaked(data.decode("latin-1"), "")
+        sent = f"GET /{'a' * 70_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        assert await exchange(run.management_port, sent) == b""
         assert (await run.fetch("/healthz")).code == 200
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u00b9", "1" * 5000])
+@async_test
+async def test_a_content_length_tornado_cannot_read_gets_its_bare_400_never_a_500(
+    caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    """A Latin-1 digit (str.isdigit() says yes, int() and Tornado say no) or more digits
+    than int() converts: Tornado's bare 400 like any other malformed Content-Length,
+    not a 500 from the size check; nothing is logged as an error."""
+    async with running() as run:
+        client = await run.client()
+        cid = await client.connection_id()
+        path = POST_TO.replace("{id}", cid)
+        sent = request(path, f"Content-Length: {value}", body=b"{}")
+        with caplog.at_level(logging.INFO):
+            assert await exchange(run.management_port, sent) == BARE_400
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        await nothing_was_delivered(client)
+        assert (await run.fetch("/healthz")).code == 200
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[f"{h.LIMIT + 1}", f"{h.LIMIT + 1}"], [f"{h.LIMIT + 1}, {h.LIMIT + 1}"]],
+    ids=["two-headers", "one-list"],
+)
+@async_test
+async def test_a_repeated_content_length_over_the_limit_is_413_json(lengths: list[str]) -> None:
+    """Content-Length sent twice with one value (or as a list of one value), as Tornado
+    reads it: over the limit it is the same 413 JSON as a single header; within the
+    limit the body is delivered."""
+    async with running() as run:
+        client = await run.client()
+        cid = await client.connection_id()
+        path = POST_TO.replace("{id}", cid)
+        headers = [f"Content-Length: {value}" for value in lengths]
+        data = await exchange(run.management_port, request(path, *headers, body=b"x" * 64))
+        status, answer_headers, body, rest = split_answer(data)
+        assert (status, answer_headers["connection"], rest) == (413, "close", b"")
+        error = json.loads(body)
+        assert (error["statusCode"], error["message"]) == (413, "Payload Too Large.")
+        assert error["details"] == f"The body is {h.LIMIT + 1} bytes; the limit is {h.LIMIT} bytes."
+        await nothing_was_delivered(client)
+        within = [v.replace(str(h.LIMIT + 1), "2") for v in headers]
+        sent = request(path, *within, "Content-Type: application/json", "Connection: close")
+        status, _, body, _ = split_answer(await exchange(run.management_port, sent + b"{}"))
+        assert (status, json.loads(body)["delivered"]) == (200, True)
+        assert (await client.recv())["body"] == {}
+
+
+@pytest.mark.parametrize(
+    ("token", "sent", "status"),
+    [
+        (TOKEN, request("GET /@connections HTTP/1.1"), 401),
+        (TOKEN, request("POST /@connections/x HTTP/1.1", "Content-Length: 2", body=b"{}"), 401),
+        (None, request("PROPFIND /healthz HTTP/1.1"), 405),
+        (None, request("PROPFIND /healthz HTTP/1.1", "Content-Length: 2", body=b"{}"), 405),
+        (None, request("GET /@connections/%ff HTTP/1.1"), 400),
+        (None, request("POST /@connections/%ff HTTP/1.1", "Content-Length: 2", body=b"{}"), 400),
+        # the runner's checks need only the headers: they answer even when Tornado would
+        # refuse the body's framing next
+        (TOKEN, request("POST /@connections/x HTTP/1.1", "Transfer-Encoding: gzip"), 401),
+        (
+            None,
+            request(
+                "POST /@connections/x HTTP/1.1",
+                "Transfer-Encoding: chunked",
+                f"Content-Length: {h.LIMIT + 1}",
+                body=CHUNKED,
+            ),
+            413,
+        ),
+    ],
+    ids=[
+        "401",
+        "401-with-body",
+        "405-unknown-method",
+        "405-with-body",
+        "400-id",
+        "400-id-with-body",
+        "401-before-bad-framing",
+        "413-before-bad-framing",
+    ],
+)
+@async_test
+async def test_an_answer_before_the_request_is_read_says_connection_close(
+    token: str | None, sent: bytes, status: int
+) -> None:
+    """A refusal from the token check or the size check, a method Tornado refuses, an id
+    not UTF-8: answered before the request is read to its end, after which Tornado closes
+    the connection, body or not. The answer says Connection: close, and a request
+    pipelined behind it gets nothing."""
+    async with running(h.settings(token=token)) as run:
+        pipelined = request("GET /healthz HTTP/1.1", f"Authorization: Bearer {TOKEN}")
+        data = await exchange(run.management_port, sent + pipelined)
+        code, headers, body, rest = split_answer(data)
+        assert (code, headers["connection"], rest) == (status, "close", b"")
+        error = json.loads(body)
+        assert set(error) == {"statusCode", "message", "details"} and error["statusCode"] == status
+        assert (await run.fetch("/healthz")).code == 200
+
+
+# -- what Tornado's HTTP layer answers itself ------------------------------------------------
+
+
+#: (id, bytes sent, Tornado's answer) for requests its HTTP layer refuses before any route
+#: runs: a bare 400 and a close, or (one case) a close without an answer. {id}: an open
+#: connection, which must receive nothing.
+TORNADO_ANSWERS = [
+    ("no-version", b"GET /healthz\r\nHost: x\r\n\r\n", BARE_400),
+    ("http-2.0", request("GET /healthz HTTP/2.0"), BARE_400),
+    ("http-0.9", request("GET /healthz HTTP/0.9"), BARE_400),
+    ("lower-case-version", request("GET /healthz http/1.1"), BARE_400),
+    ("two-spaces", request("GET  /healthz HTTP/1.1"), BARE_400),
+    ("tab-separator", request("GET\t/healthz HTTP/1.1"), BARE_400),
+    ("method-not-a-token", request("G(T /healthz HTTP/1.1"), BARE_400),
+    ("space-in-target", request("GET /heal thz HTTP/1.1"), BARE_400),
+    ("nul-in-target", request("GET /healthz\x00 HTTP/1.1"), BARE_400),
+    ("empty-line-first", b"\r\n\r\n" + request("GET /healthz HTTP/1.1"), BARE_400),
+    ("bare-cr-line-ends", b"GET /healthz HTTP/1.1\rHost: x\r\r\n\r\n", BARE_400),
+    ("http2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", BARE_400),
+    ("no-host", b"GET /healthz HTTP/1.1\r\n\r\n", BARE_400),
+    ("host-with-space", b"GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n", BARE_400),
+    ("host-with-slash", b"GET /healthz HTTP/1.1\r\nHost: a/b\r\n\r\n", BARE_400),
+    ("two-hosts", request("GET /healthz HTTP/1.1", "Host: y"), BARE_400),
+    ("no-colon", request("GET /healthz HTTP/1.1", "NoColon"), BARE_400),
+    ("folded-line", request("GET /healthz HTTP/1.1", "X-A: 1", " 2"), BARE_400),
+    ("space-before-colon", request("GET /healthz HTTP/1.1", "X-A : 1"), BARE_400),
+    ("empty-name", request("GET /healthz HTTP/1.1", ": 1"), BARE_400),
+    ("control-char-in-value", request("GET /healthz HTTP/1.1", "X-A: a\x01b"), BARE_400),
+    ("1001-query-fields", request(f"GET /healthz?{'&'.join(['a=1'] * 1001)} HTTP/1.1"), BARE_400),
+    *[
+        (f"content-length-{name}", request(POST_TO, f"Content-Length: {v}", body=b"{}"), BARE_400)
+        for name, v in [
+            ("abc", "abc"),
+            ("negative", "-1"),
+            ("plus", "+2"),
+            ("hex", "0x2"),
+            ("two-numbers", "2 2"),
+            ("empty", ""),
+            ("unequal-list", "1, 2"),
+            ("trailing-comma", "2,"),
+        ]
+    ],
+    (
+        "content-length-twice-unequal",
+        request(POST_TO, "Content-Length: 2", "Content-Length: 3", body=b"{}"),
+        BARE_400,
+    ),
+    *[
+        (f"transfer-encoding-{v.replace(', ', '-')}", chunked(CHUNKED, v), BARE_400)
+        for v in ["gzip", "identity", "chunked, gzip", "gzip, chunked"]
+    ],
+    (
+        "transfer-encoding-twice",
+        request(POST_TO, *["Transfer-Encoding: chunked"] * 2, body=CHUNKED),
+        BARE_400,
+    ),
+    (
+        "transfer-encoding-and-content-length",
+        request(POST_TO, "Transfer-Encoding: chunked", "Content-Length: 12", body=CHUNKED),
+        BARE_400,
+    ),
+    ("chunk-size-not-hex", chunked(b"zz\r\n{}\r\n0\r\n\r\n"), BARE_400),
+    ("chunk-size-negative", chunked(b"-2\r\n{}\r\n0\r\n\r\n"), BARE_400),
+    ("chunk-size-and-space", chunked(b"2 \r\n{}\r\n0\r\n\r\n"), BARE_400),
+    ("chunk-extension", chunked(b"2;x=y\r\n{}\r\n0\r\n\r\n"), BARE_400),
+    ("trailer-field", chunked(b"2\r\n{}\r\n0\r\nX-T: 1\r\n\r\n"), BARE_400),
+    ("chunk-without-crlf", chunked(b"2\r\n{}XX0\r\n\r\n"), BARE_400),
+    ("last-chunk-without-crlf", chunked(b"2\r\n{}\r\n0\r\nXX"), BARE_400),
+    ("chunk-size-line-over-64-bytes", chunked(b"0" * 70 + b"2\r\n{}\r\n0\r\n\r\n"), b""),
+]
+
+
+@pytest.mark.parametrize(
+    ("sent", "answer"),
+    [case[1:] for case in TORNADO_ANSWERS],
+    ids=[case[0] for case in TORNADO_ANSWERS],
+)
+@async_test
+async def test_malformed_http_gets_tornados_own_answer_and_the_port_keeps_serving(
+    caplog: pytest.LogCaptureFixture, sent: bytes, answer: bytes
+) -> None:
+    """Exactly ``HTTP/1.1 400 Bad Request`` with no headers and no body, then the
+    connection closes (or, for a chunk-size line over 64 bytes, just the close); no
+    route runs, nothing reaches the client, nothing is logged as an error, and the port
+    keeps serving."""
+    async with running() as run:
+        client = await run.client()
+        cid = await client.connection_id()
+        sent = sent.replace(b"{id}", cid.encode())
+        with caplog.at_level(logging.INFO):
+            assert await exchange(run.management_port, sent) == answer
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        await nothing_was_delivered(client)
+        assert (await run.fetch("/healthz")).code == 200
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\nHost: x\nConnection: close\n\n", 200),
+        (b"\r\n" + request("GET /healthz HTTP/1.1", "Connection: close"), 200),
+        (request("GET /healthz HTTP/1.2"), 200),
+        (b"GET /healthz HTTP/1.0\r\n\r\n", 200),
+        (b"GET /healthz HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n", 200),
+        (request("GET /healthz HTTP/1.1", "X-A: \xff", "Connection: close"), 200),
+        (
+            request("GET /healthz HTTP/1.1", "Upgrade: websocket", "Connection: Upgrade")
+            + request("GET /healthz HTTP/1.1", "Connection: close"),
+            200,
+        ),
+        (request("get /healthz HTTP/1.1", "Connection: close"), 405),
+        (request("GET http://x/healthz HTTP/1.1", "Connection: close"), 404),
+    ],
+    ids=[
+        "lf-line-ends",
+        "one-crlf-first",
+        "http-1.2",
+        "http-1.0-without-host",
+        "empty-host",
+        "latin-1-value",
+        "upgrade-ignored",
+        "lower-case-method",
+        "absolute-form",
+    ],
+)
+@async_test
+async def test_odd_requests_tornado_lets_through_reach_the_routes(sent: bytes, status: int) -> None:
+    """Forms Tornado accepts get the route's answer: lines ended by LF alone, one empty
+    line first, any HTTP/1.x, HTTP/1.0 without Host, an empty Host, Latin-1 bytes in a
+    value, an Upgrade header (ignored). A lower-case method is another method (405), and
+    an absolute URL is routed as a path (404)."""
+    async with running() as run:
+        code, headers, body, _ = split_answer(await exchange(run.management_port, sent))
+        assert code == status
+        if status == 200:
+            assert json.loads(body) == {"status": "ok"}
+        else:
+            assert headers["content-type"] == "application/json"
+            assert json.loads(body)["statusCode"] == status
+
+
+@pytest.mark.parametrize(
+    ("expect", "interim"),
+    [("100-continue", True), ("100-Continue", False), ("100-continue, x", False), ("x", False)],
+    ids=["100-continue", "other-case", "in-a-list", "unknown"],
+)
+@async_test
+async def test_only_an_exact_expect_100_continue_gets_an_interim_100(
+    expect: str, interim: bool
+) -> None:
+    """Tornado sends ``100 (Continue)`` for ``Expect: 100-continue`` spelled exactly so;
+    any other Expect (other case, a list, an unknown expectation) gets no interim answer
+    and no 417: the route answers once the body has come."""
+    async with running() as run:
+        client = await run.client()
+        cid = await client.connection_id()
+        sent = request(
+            POST_TO.replace("{id}", cid),
+            f"Expect: {expect}",
+            "Content-Length: 2",
+            "Content-Type: application/json",
+            "Connection: close",
+            body=b"{}",
+        )
+        data = await exchange(run.management_port, sent)
+        continued = data.startswith(b"HTTP/1.1 100 (Continue)\r\n\r\n")
+        assert continued == interim
+        status, _, body, _ = split_answer(data.removeprefix(b"HTTP/1.1 100 (Continue)\r\n\r\n"))
+        assert (status, json.loads(body)["delivered"]) == (200, True)
+        assert (await client.recv())["body"] == {}
 
 
 # -- Authorization ---------------------------------------------------------------------

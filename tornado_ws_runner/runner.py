@@ -30,6 +30,7 @@ from .ws.handler import ClientHandler
 from .ws.keepalive import KeepAlive
 from .ws.registry import Registry
 from .ws.sender import SendWatch
+from .ws.server import ClientPortServer
 
 __all__ = ["Notify", "WsRunner", "load_service", "run_on_loop"]
 
@@ -66,7 +67,7 @@ def load_service(settings: RunnerSettings, reload: bool = False) -> Service:
 
 def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str = "auto") -> None:
     """``asyncio.run`` on the chosen loop: uvloop when asked for, or with ``auto`` when
-    it is installed (Tornado then runs on it unchanged; docs/performance.md has its gain).
+    it is installed (Tornado then runs on it unchanged; docs/performance.md compares them).
     """
     if event_loop != "asyncio":
         try:
@@ -246,18 +247,25 @@ class WsRunner:
     def _listen(self, app: tornado.web.Application, state: RunnerState) -> None:
         self.bind()
         s = self.settings
+        limits, timeouts = s.limits, s.timeouts
+        http = {
+            "max_header_size": limits.max_header_size,
+            "idle_connection_timeout": timeouts.request_headers or None,
+            "body_timeout": timeouts.request_body or None,
+        }
         if "management" in self._sockets:
             self._management = tornado.httpserver.HTTPServer(
-                make_management_app(state), max_body_size=s.limits.max_message_size
+                make_management_app(state), max_body_size=limits.max_message_size, **http
             )
             self._management.add_sockets(self._sockets["management"])
-        server = tornado.httpserver.HTTPServer(app)
-        server.add_sockets(self._sockets["listen"])
-        self._servers.append(server)
-        if "tls" in self._sockets:
-            tls_server = tornado.httpserver.HTTPServer(app, ssl_options=self._tls_context)
-            tls_server.add_sockets(self._sockets["tls"])
-            self._servers.append(tls_server)
+        for name, tls in (("listen", None), ("tls", self._tls_context)):
+            if name in self._sockets:
+                server = ClientPortServer(
+                    app, ssl_options=tls, max_body_size=limits.max_upgrade_body, **http
+                )
+                server.state = state
+                server.add_sockets(self._sockets[name])
+                self._servers.append(server)
         self._sockets.clear()
 
     async def reload(self) -> bool:

@@ -74,10 +74,12 @@ class Management:
 @dataclass
 class Limits:
     max_message_size: int = 1_048_576  # bytes; a larger frame closes with 1009
-    max_connections: int = 10_000  # upgrades beyond it get HTTP 503
+    max_connections: int = 10_000  # open and upgrading connections; beyond it HTTP 503
     max_in_flight: int = 16  # messages of one connection processed at once
     send_buffer: int = 1_048_576  # bytes queued for one client before senders wait
     allowed_origins: list[str] = field(default_factory=list)  # empty: any Origin
+    max_header_size: int = 16_384  # bytes of a request's line and headers, on both ports
+    max_upgrade_body: int = 4_096  # bytes an upgrade request may declare as its body
 
 
 @dataclass
@@ -88,6 +90,11 @@ class Timeouts:
     ping_timeout: float = 20.0  # seconds to wait for a pong before closing (0: the interval)
     drain: float = 10.0  # seconds events in flight may finish at shutdown
     blocking_warning: float = 0.1  # seconds a sync handler may block the loop unlogged; 0: off
+    #: seconds a request's line and headers may take to arrive, on both ports, from the
+    #: connection's start or from the previous answer on a kept-alive management
+    #: connection (so also how long such a connection may idle); 0: an hour (Tornado's)
+    request_headers: float = 10.0
+    request_body: float = 30.0  # seconds a management request's body may take; 0: no limit
 
 
 @dataclass
@@ -129,6 +136,14 @@ def read_token(management: Management) -> str | None:
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 _LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 _PORT_FIELDS = {"port"}
+_AT_LEAST_ONE = {
+    "max_message_size",
+    "max_connections",
+    "max_in_flight",
+    "send_buffer",
+    "max_header_size",
+    "max_upgrade_body",
+}
 _PATH_FIELDS = {
     ("", "api"),
     ("tls", "key"),
@@ -216,7 +231,7 @@ def _range_problem(key: str, value: Any) -> str | None:
         return f"'{value}' is not one of {', '.join(_LOG_LEVELS)}{hint}"
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         return f"must not be negative, not {value}"
-    if key in ("max_message_size", "max_connections", "max_in_flight", "send_buffer") and value < 1:
+    if key in _AT_LEAST_ONE and value < 1:
         return "must be at least 1"
     return None
 

@@ -37,7 +37,7 @@ from ..runtime import Phase, RunnerState
 from ..settings import RunnerSettings
 from ..ws import codec
 from ..ws.connection import Connection
-from .rules import JSON_TYPE, Problem, forwarded_headers, message, parse_body
+from .rules import JSON_TYPE, Problem, declared_length, forwarded_headers, message, parse_body
 
 __all__ = ["make_management_app", "read_management_token"]
 
@@ -62,6 +62,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self.refused = False
         #: ... and before the body was read to its end: the connection closes after it.
         self.close_after = False
+        #: prepare() let the request through: the route runs once the body is all read.
+        #: An answer before that (a refusal from prepare(), a method Tornado refuses, a
+        #: path argument that is not UTF-8) ends the connection, body or not: Tornado
+        #: closes it after an answer to a request it has not read to its end.
+        self.admitted = False
 
     # -- before and while the body arrives -----------------------------------------
 
@@ -69,9 +74,9 @@ class BaseHandler(tornado.web.RequestHandler):
         try:
             if not self.public:
                 self.check_token()
-            declared = self.request.headers.get("Content-Length", "").strip()
-            if declared.isdigit() and int(declared) > self.limit:
-                self.too_large(f"The body is {int(declared)} bytes")
+            declared = self.content_length()
+            if declared is not None and declared > self.limit:
+                self.too_large(f"The body is {declared} bytes")
         except Problem as problem:
             self.refuse(problem, body_pending=self.has_body())
             return
@@ -79,6 +84,7 @@ class BaseHandler(tornado.web.RequestHandler):
             # data_received() counts the body against the limit and answers 413 itself;
             # Tornado's own check would answer a bare 400 first for a chunked body.
             self.lift_tornado_limit()
+        self.admitted = True
 
     def lift_tornado_limit(self) -> None:
         lift = getattr(self.request.connection, "set_max_body_size", None)
@@ -94,12 +100,16 @@ class BaseHandler(tornado.web.RequestHandler):
             what = f"'{name}'" if name else "The connection id"
             raise Problem(400, f"{what} is not valid UTF-8 once percent-decoded.") from None
 
+    def content_length(self) -> int | None:
+        """The body size the ``Content-Length`` header declares, as Tornado reads it."""
+        value = self.request.headers.get("Content-Length")
+        return None if value is None else declared_length(value)
+
     def has_body(self) -> bool:
-        headers = self.request.headers
-        if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        if "chunked" in self.request.headers.get("Transfer-Encoding", "").lower():
             return True
-        declared = headers.get("Content-Length", "").strip()
-        return declared.isdigit() and int(declared) > 0
+        declared = self.content_length()
+        return declared is not None and declared > 0
 
     def check_token(self) -> None:
         if self.token is None:
@@ -191,7 +201,7 @@ class BaseHandler(tornado.web.RequestHandler):
             )
         elif status_code == 404 and not details:
             details = f"No route {self.request.method} {self.request.path}."
-        if self.close_after:
+        if self.close_after or not self.admitted:
             self.set_header("Connection", "close")
         self.set_header("Content-Type", JSON_TYPE)
         body = {"statusCode": status_code, "message": message(status_code), "details": details}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import http
+import re
 from typing import Any
 
 import tornado.httputil
@@ -16,7 +17,15 @@ import tornado.web
 
 from ..ws import codec
 
-__all__ = ["FILTERED_HEADERS", "JSON_TYPE", "Problem", "forwarded_headers", "message", "parse_body"]
+__all__ = [
+    "FILTERED_HEADERS",
+    "JSON_TYPE",
+    "Problem",
+    "declared_length",
+    "forwarded_headers",
+    "message",
+    "parse_body",
+]
 
 JSON_TYPE = "application/json"
 #: HTTP transport, hop-by-hop, proxy and credential headers: never forwarded to a client.
@@ -44,6 +53,8 @@ FILTERED_HEADERS = frozenset(
     }
 )
 _FILTERED_PREFIXES = ("proxy-", "x-forwarded-")
+_DIGITS = re.compile(r"[0-9]+")
+_LIST_SEPARATOR = re.compile(r",[ \t]*")
 
 
 #: Phrases that changed between Python versions (413 was "Request Entity Too Large").
@@ -70,6 +81,24 @@ class Problem(tornado.web.HTTPError):
         super().__init__(status, reason=_phrase(status))
         self.details = details
         self.headers = headers or {}
+
+
+def declared_length(content_length: str) -> int | None:
+    """The body size a ``Content-Length`` value declares, read as Tornado's HTTP layer
+    reads it: ASCII digits, or a list of identical such values (a repeated header, as
+    proxies join them, ``5, 5``).
+
+    ``None`` for a value Tornado refuses (``abc``, ``-1``, ``1, 2``, the Latin-1 digit
+    ``²``, more digits than ``int()`` converts), which Tornado answers with its own bare
+    400 once ``prepare()`` is done.
+    """
+    values = _LIST_SEPARATOR.split(content_length)
+    if any(value != values[0] for value in values) or not _DIGITS.fullmatch(values[0]):
+        return None
+    try:
+        return int(values[0])
+    except ValueError:  # past int()'s digit limit, where Tornado fails too
+        return None
 
 
 def forwarded_headers(headers: tornado.httputil.HTTPHeaders) -> dict[str, str]:

@@ -18,7 +18,9 @@ from ..engine import LIFECYCLE_EVENTS, ErrorResponse, Request, Response
 
 __all__ = [
     "CONNECTION_EVENTS",
+    "ENCODE_ERRORS",
     "RESERVED_NAMES",
+    "UNECHOABLE",
     "connect_request",
     "disconnect_request",
     "dumps",
@@ -26,6 +28,7 @@ __all__ = [
     "error_frame",
     "loads",
     "parse_message",
+    "reply",
     "stream_chunk",
     "stream_done",
     "stream_id",
@@ -40,8 +43,8 @@ RESERVED_NAMES = LIFECYCLE_EVENTS | CONNECTION_EVENTS
 def _encoder(allow_nan: bool) -> Callable[[Any], str]:
     """A compact JSON encoder (UTF-8 text as it is, ``str()`` for other objects).
 
-    JSONEncoder.encode builds a new C encoder and a closure on every call, which was
-    half of its cost for a reply; this builds the C encoder once. Without circular
+    JSONEncoder.encode builds a new C encoder and a closure on every call, a good part
+    of its cost for a small reply; this builds the C encoder once. Without circular
     reference markers, a response that contains itself fails with RecursionError (a
     ValueError with JSONEncoder), answered as an error all the same.
     """
@@ -194,9 +197,9 @@ def _frame(status: int, headers: dict[str, Any], body: Any) -> str:
     """``{"statusCode","headers","body"}`` as JSON text.
 
     A long text body with nothing to escape is quoted as it is: the C encoder escapes
-    character by character (~49 us for 16 KiB, half of a stream chunk's CPU), while
-    finding that there is nothing to escape is one ``in`` per special character, each a
-    memchr (~4 us). The text is the encoder's, byte for byte (tests/test_protocol.py).
+    character by character, while finding that there is nothing to escape is one ``in``
+    per special character, each a memchr. The text is the encoder's, byte for byte
+    (tests/test_codec.py).
     """
     if type(body) is str and len(body) >= LONG_TEXT and not _needs_escaping(body):
         head = strict_dumps({"statusCode": status, "headers": headers})
@@ -209,8 +212,40 @@ def _needs_escaping(text: str) -> bool:
 
 
 def encode(response: Response, message_id: Any) -> str:
-    """The frame for a whole response: ``{"statusCode","headers","body"}``."""
+    """The frame for a whole response: ``{"statusCode","headers","body"}``.
+
+    Raises one of ``ENCODE_ERRORS`` for a response (or message-id) that is not JSON.
+    """
     return _frame(response.status_code, _headers(response, message_id), response.body)
+
+
+#: What the encoder raises for a value that cannot be JSON text: not serialisable, NaN
+#: or infinite, a container holding itself, or nesting past the interpreter's depth.
+ENCODE_ERRORS = (TypeError, ValueError, RecursionError)
+UNECHOABLE = "The message-id cannot be sent back as JSON."
+
+
+def _unechoable() -> ErrorResponse:
+    return ErrorResponse("Bad Request.", 400, UNECHOABLE)
+
+
+def reply(
+    response: Response, message_id: Any, error_for: Callable[[Exception], ErrorResponse]
+) -> str:
+    """The one frame that answers a message, whatever ``response`` holds.
+
+    A response that cannot be encoded is answered with ``error_for``'s error for the
+    reason; when even that fails, the message-id is what cannot be sent back (nested
+    past the encoder's depth), and the answer is a 400 without it.
+    """
+    try:
+        return encode(response, message_id)
+    except ENCODE_ERRORS as exc:
+        error = error_for(exc)
+    try:
+        return encode(error, message_id)
+    except ENCODE_ERRORS:
+        return encode(_unechoable(), None)
 
 
 def error_frame(status: int, message: str, details: Any, message_id: Any) -> str:
@@ -231,7 +266,17 @@ def stream_chunk(response: Response, chunk: Any, sid: str, message_id: Any) -> s
 def stream_done(
     response: Response, sid: str, message_id: Any, error: ErrorResponse | None = None
 ) -> str:
-    """The one frame that ends a stream: 200, or the producer's error and its body."""
+    """The one frame that ends a stream: 200, or the producer's error and its body; a
+    400 without the message-id when that cannot be sent back (see ``reply``)."""
+    try:
+        return _stream_done(response, sid, message_id, error)
+    except ENCODE_ERRORS:
+        return _stream_done(response, sid, None, _unechoable())
+
+
+def _stream_done(
+    response: Response, sid: str, message_id: Any, error: ErrorResponse | None
+) -> str:
     source = error if error is not None else response
     headers = _headers(source, message_id)
     headers["x-stream"] = "done"

@@ -14,10 +14,12 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.httputil
+import tornado.iostream
 import tornado.web
 import tornado.websocket
 
@@ -37,6 +39,9 @@ _NO_HEADERS = tornado.httputil.HTTPHeaders()
 class ClientHandler(tornado.websocket.WebSocketHandler):
     """One client connection; its state lives in a ``Connection`` in the registry."""
 
+    #: The connection's stream once open, which ``abort`` closes.
+    iostream: tornado.iostream.IOStream | None = None
+
     def initialize(self, state: RunnerState) -> None:
         self.state = state
         self.conn: Connection | None = None
@@ -44,20 +49,13 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
     # -- the upgrade -------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Refuses an upgrade while draining, past ``max_connections`` or from an Origin
-        not allowed; Tornado then answers it with ``write_error``."""
+        """Refuses an upgrade while draining or from an Origin not allowed; Tornado then
+        answers it with ``write_error``. (``max_connections`` is held by the server,
+        server.py, from the connection's accept.)"""
         state = self.state
         if state.phase is not Phase.READY:
             state.metrics.rejected.labels("draining").inc()
             raise tornado.web.HTTPError(503, reason="Service Unavailable")
-        if len(state.registry) >= state.settings.limits.max_connections:
-            state.metrics.rejected.labels("max_connections").inc()
-            runner_log.warning(
-                "refused a connection from %s: %d connections open (the maximum)",
-                self.request.remote_ip,
-                len(state.registry),
-            )
-            raise tornado.web.HTTPError(503, reason="Too Many Connections")
         origin = self.request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin):
             state.metrics.rejected.labels("origin").inc()
@@ -90,6 +88,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         """Registers the connection; with an ``on_connect`` event, returns its run, which
         Tornado awaits before it reads the client's first frame."""
         self.set_nodelay(True)
+        assert self.ws_connection is not None
+        self.iostream = self.ws_connection.stream
         state = self.state
         settings = state.settings
         request = self.request
@@ -198,10 +198,11 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         self._log_event(conn, event, response, started)
 
     def abort(self) -> None:
-        """Drops the TCP connection now, for a client that no longer reads."""
-        ws = self.ws_connection
-        if ws is not None and ws.stream is not None:
-            ws.stream.close()
+        """Drops the TCP connection now, for a client that no longer reads: Tornado's
+        ``close()`` waits up to 5 s for the client's close frame, which such a client
+        never sends (and forgets its protocol object, so this keeps the stream)."""
+        if self.iostream is not None:
+            self.iostream.close()
 
     # -- messages ----------------------------------------------------------------
 
@@ -248,33 +249,41 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         self._start(conn, message)
 
     async def _handle(self, conn: Connection, message: str | bytes) -> None:
+        """Answers one message with exactly one frame (a stream: its chunks, then one
+        done frame), whatever the message and the handlers' response hold."""
+        message_id: Any = None
+        answering = False
         try:
             request, message_id = codec.parse_message(message, conn.headers)
             if isinstance(request, ErrorResponse):
-                await conn.send_last(codec.encode(request, message_id))
+                answering = True
+                await conn.send_last(codec.reply(request, message_id, self._encoding_failed))
                 return
             event = Event(request, identity=conn.identity)
             started = time.perf_counter()
             response = await self.state.service.process(event)
             self._log_event(conn, event, response, started)
+            answering = True
             if isinstance(response, StreamResponse):
                 await self._stream(conn, response, message_id)
             else:
-                await conn.send_last(self._encode(response, message_id))
+                await conn.send_last(codec.reply(response, message_id, self._encoding_failed))
         except ConnectionGone:
             pass
+        except Exception:
+            runner_log.exception("%s a message failed outside its handlers", conn.id)
+            if not answering:
+                error = ErrorResponse("Internal Server Error", 500)
+                with suppress(ConnectionGone):
+                    await conn.send_last(codec.reply(error, message_id, self._encoding_failed))
         finally:
             conn.in_flight -= 1
             if conn.slot_free is not None and not conn.slot_free.done():
                 conn.slot_free.set_result(None)
 
-    def _encode(self, response: Response, message_id: Any) -> str:
-        try:
-            return codec.encode(response, message_id)
-        except (TypeError, ValueError, RecursionError) as exc:
-            runner_log.error("cannot encode the response as JSON: %s", exc)
-            error = self.state.service.error_response(exc)
-            return codec.encode(error, message_id)
+    def _encoding_failed(self, exc: Exception) -> ErrorResponse:
+        runner_log.error("cannot encode the response as JSON: %r", exc)
+        return self.state.service.error_response(exc)
 
     def _log_event(
         self, conn: Connection, event: Event, response: Response, started: float
@@ -316,7 +325,10 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
                 raise
         finally:
             conn.discard_stream(task)
-            await _close(chunks, response.body)
+            try:
+                await _close(chunks, response.body)
+            except Exception as exc:
+                runner_log.warning("%s stream producer failed to close: %r", conn.id, exc)
 
 
 async def _aiter(body: Any) -> AsyncIterator[Any]:

@@ -87,8 +87,8 @@ class SendWatch:
         stuck = [s for s in self.sending if now - s.last_progress > self.send_timeout]
         for sender in stuck:
             self.slow_consumers += 1
+            sender.socket.abort()  # first: a close frame would only queue behind the rest
             sender.close(1008, "send timeout")
-            sender.socket.abort()
 
 
 class Sender:
