@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import tornado
-from procutil import SCRIPT, Spawner, run_cli, write_runner
+from procutil import SCRIPT, Spawner, clean_env, run_cli, write_runner
 
 from tornado_ws_runner import __version__
 
@@ -204,3 +204,29 @@ def test_port_flags_override_the_file(app: Path, spawn: Spawner) -> None:
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
     assert "Traceback" not in daemon.output
+
+
+def test_a_secret_from_systemds_credentials_directory(app: Path, tmp_path: Path) -> None:
+    """token_file may name $CREDENTIALS_DIRECTORY (LoadCredential=): read from there when
+    systemd set it; without it, --check says so in one line naming the key."""
+    write_runner(
+        app,
+        'management: {host: 127.0.0.1, port: 0, token_file: "${CREDENTIALS_DIRECTORY}/token"}\n',
+    )
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "token").write_text("s3cret\n", encoding="utf-8")
+    given = run_cli(
+        "--conf",
+        str(app / "runner.yaml"),
+        "--check",
+        env=clean_env(CREDENTIALS_DIRECTORY=str(credentials)),
+    )
+    assert given.returncode == 0, given.stderr
+    missing = run_cli("--conf", str(app / "runner.yaml"), "--check")
+    assert missing.returncode == 2
+    lines = missing.stderr.strip().splitlines()
+    assert any(
+        "management.token_file" in line and "CREDENTIALS_DIRECTORY" in line for line in lines
+    )
+    assert "Traceback" not in missing.stderr

@@ -236,13 +236,28 @@ def _range_problem(key: str, value: Any) -> str | None:
     return None
 
 
+#: The folder systemd gives a unit's credentials (``LoadCredential=``); a path in
+#: runner.yaml may start with it, so that secrets stay root-only files.
+CREDENTIALS = "CREDENTIALS_DIRECTORY"
+_CREDENTIAL_REFERENCES = (f"${{{CREDENTIALS}}}", f"${CREDENTIALS}")
+
+
 def resolve_paths(settings: RunnerSettings, base: Path) -> None:
-    """Makes the file paths of runner.yaml absolute, relative to its folder."""
+    """Makes the file paths of runner.yaml absolute, relative to its folder, with
+    ``$CREDENTIALS_DIRECTORY`` replaced where it is set (a path naming it while it is
+    not set is left as it is, for check_files to report)."""
+    credentials = os.environ.get(CREDENTIALS)
     for section, name in _PATH_FIELDS:
         holder = getattr(settings, section) if section else settings
         value = getattr(holder, name)
-        if value:
-            setattr(holder, name, str((base / os.path.expanduser(value)).resolve()))
+        if not value:
+            continue
+        if any(ref in value for ref in _CREDENTIAL_REFERENCES):
+            if not credentials:
+                continue
+            for ref in _CREDENTIAL_REFERENCES:
+                value = value.replace(ref, credentials)
+        setattr(holder, name, str((base / os.path.expanduser(value)).resolve()))
 
 
 def check_files(settings: RunnerSettings, file: str, lines: dict[str, int]) -> list[ConfigIssue]:
@@ -256,6 +271,16 @@ def check_files(settings: RunnerSettings, file: str, lines: dict[str, int]) -> l
     ]
     for key, value in wanted:
         if not value:
+            continue
+        if any(ref in value for ref in _CREDENTIAL_REFERENCES):
+            issues.append(
+                ConfigIssue(
+                    key,
+                    f"{value} names ${CREDENTIALS}, which systemd sets only for a unit with "
+                    "LoadCredential= (check it as the unit runs it: its ExecStartPre)",
+                    lines.get(key),
+                )
+            )
             continue
         try:
             with open(value, "rb"):
