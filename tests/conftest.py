@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 from procutil import Spawner, copy_app, spawner, write_runner
 from tornado.ioloop import IOLoop
-from wsutil import Serve, fresh_loop, serving
+from wsutil import Serve, fresh_loop, openssl_certificate, serving
 
 
 @pytest.fixture
@@ -55,18 +54,4 @@ def app(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    folder = tmp_path_factory.mktemp("tls")
-    key, cert = folder / "server.key", folder / "server.crt"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-nodes", "-days", "1",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-keyout", str(key), "-out", str(cert),
-            "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )  # fmt: skip
-    return str(key), str(cert)
+    return openssl_certificate(tmp_path_factory.mktemp("tls"))

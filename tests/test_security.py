@@ -22,7 +22,6 @@ import logging
 import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import types
 import uuid
@@ -39,6 +38,7 @@ from wsutil import (
     ask,
     bounded,
     closed_with,
+    openssl_certificate,
     registry,
     send,
     tornado_connect,
@@ -429,18 +429,7 @@ def make_certificate(folder: Path) -> tuple[str, str]:
     except ImportError:
         if shutil.which("openssl") is None:
             pytest.skip("neither the cryptography package nor the openssl command")
-        subprocess.run(
-            [
-                "openssl", "req", "-x509", "-nodes", "-days", "1",
-                "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )  # fmt: skip
-        return str(key), str(cert)
+        return openssl_certificate(folder)
     import ipaddress
 
     private = ec.generate_private_key(ec.SECP256R1())

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import struct
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -191,6 +192,24 @@ def serving(io_loop: tornado.ioloop.IOLoop) -> Iterator[Serve]:
     assert not errors.records, "\n".join(
         f"{r.name}: {r.getMessage()}\n{r.exc_text or ''}" for r in errors.records
     )
+
+
+def openssl_certificate(folder: Path) -> tuple[str, str]:
+    """(key, cert): a self-signed certificate for 127.0.0.1, made with the openssl command."""
+    key, cert = folder / "server.key", folder / "server.crt"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "1",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-keyout", str(key), "-out", str(cert),
+            "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    return str(key), str(cert)
 
 
 def ws_url(runner: WsRunner, path: str = "/any/path?x=1", tls: bool = False) -> str:
