@@ -46,11 +46,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = DEADLINE
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = DEADLINE,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Runs the command to completion (stdin closed) and captures its output."""
     return subprocess.run(
         [str(SCRIPT), *args],
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

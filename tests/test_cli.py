@@ -230,3 +230,29 @@ def test_a_secret_from_systemds_credentials_directory(app: Path, tmp_path: Path)
         "management.token_file" in line and "CREDENTIALS_DIRECTORY" in line for line in lines
     )
     assert "Traceback" not in missing.stderr
+
+
+def test_api_alone_is_served_with_every_default(app: Path, tmp_path: Path) -> None:
+    """--api without --conf (and no /etc runner.yaml needed): the defaults, checked."""
+    result = run_cli("--api", str(app / "config.yaml"), "--check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("defaults: ok")
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_logs_to_a_missing_syslog_are_refused_in_one_line(
+    app: Path, tmp_path: Path, daemon: bool
+) -> None:
+    """syslog on, or --daemon without logging.file (it then logs to syslog), while the
+    syslog socket does not exist: exit 2 naming the key, instead of logs lost silently."""
+    missing = tmp_path / "no-syslog-here"
+    extra = (
+        f"syslog: true, syslog_address: {missing}" if not daemon else f"syslog_address: {missing}"
+    )
+    write_runner(app, f"logging: {{{extra}}}\n")
+    flags = ["--daemon", "--pidfile", str(tmp_path / "twr.pid")] if daemon else []
+    result = run_cli("--conf", str(app / "runner.yaml"), *flags)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "logging" in line and str(missing) in line and "logging.file" in line
+    assert not (tmp_path / "twr.pid").exists()

@@ -419,3 +419,22 @@ def test_access_log_has_one_line_per_open_close_and_event(
     assert len(access) == len(expected), "\n".join(access)
     for line, pattern in zip(access, expected, strict=True):
         assert re.search(pattern, line), f"{line!r} does not match {pattern!r}"
+
+
+def test_a_relative_pidfile_is_taken_from_the_working_directory(
+    app: Path, tmp_path: Path, spawn: Spawner
+) -> None:
+    """--daemon --pidfile rel.pid run in DIR writes DIR/rel.pid (not /rel.pid: a daemon
+    works in /)."""
+    log = tmp_path / "daemon.log"
+    write_runner(app, f"logging: {{file: {log}}}\n")
+    pidfile = tmp_path / "rel.pid"
+    spawn.track_detached(str(pidfile))
+    result = run_cli(
+        "--conf", str(app / "runner.yaml"), "--daemon", "--pidfile", "rel.pid", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    pid = wait_until("the pidfile in the working directory", lambda: _pid_in(pidfile))
+    assert pid_alive(pid)
+    wait_until("the serving line in the log file", lambda: _ports_in(log))
+    _stop_detached(pid, pidfile)

@@ -240,7 +240,13 @@ def _collect_only_what(fmt: str) -> None:
         setattr(logging, switch, on if shown else False)
 
 
-def configure(level: str, fmt: str, file: str | None = None, syslog: bool = False) -> None:
+def configure(
+    level: str,
+    fmt: str,
+    file: str | None = None,
+    syslog: bool = False,
+    syslog_address: str = "/dev/log",
+) -> None:
     """Sends the package's logs (and Tornado's) to stderr, a file or syslog.
 
     A file is watched, so logrotate may move it; syslog lines carry the program name;
@@ -250,7 +256,7 @@ def configure(level: str, fmt: str, file: str | None = None, syslog: bool = Fals
     if file:
         handler = logging.handlers.WatchedFileHandler(file)
     elif syslog:
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler = logging.handlers.SysLogHandler(address=syslog_address)
         fmt = "tornado-ws-runner[%(process)d]: " + fmt.replace("%(asctime)s ", "")
     else:
         handler = BatchedStderrHandler()

@@ -102,7 +102,8 @@ class LoggingSettings:
     level: str = "info"
     format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     file: str | None = None  # log to this file instead of stderr
-    syslog: bool = False  # log to the local syslog (/dev/log) instead of stderr
+    syslog: bool = False  # log to the local syslog instead of stderr
+    syslog_address: str = "/dev/log"  # the local syslog's socket
     access: bool = True  # one line per connection open/close and per event
 
 

@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a Configurapi config.yaml as a WebSocket API (Tornado).",
     )
     p.add_argument(
-        "--conf", default=DEFAULT_CONF, metavar="PATH", help=f"runner.yaml (default {DEFAULT_CONF})"
+        "--conf",
+        metavar="PATH",
+        help=f"runner.yaml (default {DEFAULT_CONF}; with --api and no --conf, every default)",
     )
     p.add_argument("--api", metavar="PATH", help="the config.yaml to serve (overrides 'api')")
     p.add_argument("--port", type=int, help="WebSocket port (overrides listen.port)")
@@ -55,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> RunnerSettings:
-    settings = load_settings(args.conf)
+    if args.conf is None:
+        # --api alone serves with every default; otherwise the default runner.yaml.
+        settings = RunnerSettings() if args.api else load_settings(DEFAULT_CONF)
+    else:
+        settings = load_settings(args.conf)
     issues = []
     for flag, value in (("--port", args.port), ("--management-port", args.management_port)):
         if value is not None and not 0 <= value <= 65535:
@@ -102,13 +108,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("command line", [ConfigIssue("--daemon", "needs --pidfile PATH")])
         service = _check(settings)
         if args.check:
-            print(f"{settings.source}: ok ({len(service.routes)} events from {settings.api})")
+            what = settings.source or "defaults"
+            print(f"{what}: ok ({len(service.routes)} events from {settings.api})")
             return 0
         log = settings.logging
         if args.daemon and not (log.file or log.syslog):
             log.syslog = True
+        if log.syslog and not log.file and not os.path.exists(log.syslog_address):
+            where = "--daemon sends them to syslog" if args.daemon else "logging.syslog is on"
+            issue = ConfigIssue(
+                "logging",
+                f"{where}, but {log.syslog_address} does not exist: set logging.file",
+            )
+            raise ConfigError(settings.source or "runner.yaml", [issue])
         runner = WsRunner(settings, service)
-        pidfile = PidFile(args.pidfile) if args.pidfile else None
+        # Taken from this directory: a daemon's working directory is /.
+        pidfile = PidFile(os.path.abspath(args.pidfile)) if args.pidfile else None
         if pidfile is not None and (owner := pidfile.owner()):
             raise StartupError(f"already running as pid {owner} (pidfile {pidfile.path})")
         runner.bind()
@@ -116,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _daemonize(runner, settings, pidfile)
         elif pidfile is not None:
             pidfile.acquire()
-        configure(log.level, log.format, log.file, log.syslog)
+        configure(log.level, log.format, log.file, log.syslog, log.syslog_address)
         if pidfile is not None and pidfile.replaced:
             runner_log.warning(
                 "replaced a stale pidfile %s (pid %s)", pidfile.path, pidfile.replaced
