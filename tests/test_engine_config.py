@@ -664,8 +664,9 @@ def test_several_errors_in_one_config_error(write):
     )
 
 
-def test_several_unknown_handlers_in_one_config_error(write):
-    """Every unknown handler and failing import is reported together after loading."""
+def test_a_failing_import_is_named_once_and_the_handlers_it_left_missing_in_one_line(write):
+    """A handler source that fails: its error, then one line for the policies whose
+    handlers were not found (no did-you-mean), at the first of them."""
     write("broken.py", "raise RuntimeError('x')\n")
     file, error = load_error(
         write(
@@ -685,7 +686,42 @@ def test_several_unknown_handlers_in_one_config_error(write):
     )
     assert [(issue.key, issue.line) for issue in error.issues] == [
         ("import[0]", 1),
-        ("api.events[0].policies[0]", 5),
-        ("api.events[1].policies[1]", 9),
+        ("api.events", 5),
     ]
+    assert "RuntimeError: x (broken.py:1)" in error.issues[0].message
+    summary = error.issues[1].message
+    assert "2 policies" in summary and "missingOneHandler, missingTwoHandler" in summary
+    assert "did you mean" not in summary
     assert error.file == file
+
+
+SHARED_CONFIG = """\
+api:
+  events:
+    - name: hello
+      policies: [greetHandler]
+"""
+
+
+def test_handler_files_import_a_shared_module_of_their_folder_and_reload_sees_it(write):
+    """handlers/_shared.py (a leading _: not loaded as a handler file itself) is importable
+    from a handler file; after it changes, a reload serves the new code."""
+    write("handlers/_shared.py", "GREETING = 'hello'\n")
+    write(
+        "handlers/greet.py",
+        "import _shared\nfrom tornado_ws_runner import Response\n\n\n"
+        "def greetHandler(event):\n    event.response = Response(_shared.GREETING)\n",
+    )
+    path = write("config.yaml", SHARED_CONFIG)
+    assert answer(Service.load(path), "hello").body == "hello"
+    write("handlers/_shared.py", "GREETING = 'hello again'\n")
+    assert answer(Service.load(path, reload=True), "hello").body == "hello again"
+
+
+def test_a_missing_handler_file_is_named_without_python_internals(write):
+    """import: [./gone.py] that does not exist: its key, the file, the reason; no frame of
+    Python's own modules (pathlib) as its place."""
+    _, error = load_error(write("config.yaml", "import: [./gone.py]\n" + SHARED_CONFIG))
+    first = str(error.issues[0])
+    assert "import[0]" in first and "gone.py" in first and "FileNotFoundError" in first
+    assert "pathlib" not in str(error) and ".py:" not in first.split("gone.py", 1)[1]

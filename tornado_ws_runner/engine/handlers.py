@@ -8,13 +8,15 @@ them so a Node config.yaml loads unchanged. Later sources win over earlier ones.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
 import itertools
 import sys
+import sysconfig
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -77,17 +79,22 @@ def _import(spec: ImportSpec, generation: int, reload: bool) -> ModuleType:
     return importlib.reload(module) if reload else module
 
 
+#: Where Python's own modules live: a frame there is no place in the developer's code.
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
 def _failure(exc: BaseException) -> str:
     """The one line that says why a module failed: the exception and its place.
 
-    The place is the last frame in the developer's code, not in the import machinery.
+    The place is the last frame in the developer's code, not in this package, the
+    import machinery or the standard library (a missing file fails inside pathlib).
     """
     frames = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)
         if not frame.filename.startswith("<")
         and frame.filename != __file__
-        and "importlib" not in Path(frame.filename).parts
+        and not Path(frame.filename).resolve().is_relative_to(_STDLIB)
     ]
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
@@ -111,11 +118,31 @@ def discover_handlers(
             )
     folder = config.directory / "handlers"
     if folder.is_dir():
-        for file in sorted(folder.glob("*.py")):
-            if file.name.startswith("_"):
-                continue
-            try:
-                handlers.update(handlers_of(_load_file(file, generation)))
-            except Exception as exc:
-                issues.append(ConfigIssue(f"handlers/{file.name}", f"cannot load: {_failure(exc)}"))
+        with _importable(folder):
+            for file in sorted(folder.glob("*.py")):
+                if file.name.startswith("_"):
+                    continue
+                try:
+                    handlers.update(handlers_of(_load_file(file, generation)))
+                except Exception as exc:
+                    issue = ConfigIssue(f"handlers/{file.name}", f"cannot load: {_failure(exc)}")
+                    issues.append(issue)
     return handlers, issues
+
+
+@contextlib.contextmanager
+def _importable(folder: Path) -> Iterator[None]:
+    """Handler files may import the other modules of their folder (``import _shared``;
+    a name starting with ``_`` is not itself loaded as a handler file). Those modules
+    are imported afresh on every load, so a reload sees their new code too."""
+    resolved = folder.resolve()
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if origin and Path(origin).resolve().parent == resolved:
+            del sys.modules[name]
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(folder))

@@ -141,11 +141,18 @@ class Route:
 def build_routes(config: ApiConfig, reload: bool = False) -> dict[str, Route]:
     """Phase two: resolve every policy's handler, reporting all missing ones at once."""
     handlers, issues = discover_handlers(config, reload)
+    # With a handler source that failed to load, a missing name is most likely one of
+    # its handlers: one line lists them, with no did-you-mean among the others.
+    failed_sources = bool(issues)
+    unresolved: list[tuple[str, int | None]] = []
     routes: dict[str, Route] = {}
     for spec in config.events:
         policies = []
         for policy in spec.policies:
             handler = handlers.get(policy.handler)
+            if handler is None and failed_sources:
+                unresolved.append((policy.handler, policy.line))
+                continue
             if handler is None:
                 issues.append(
                     ConfigIssue(
@@ -160,6 +167,17 @@ def build_routes(config: ApiConfig, reload: bool = False) -> dict[str, Route]:
                 Policy(policy.handler, handler, policy.parameters, _RANK[level] >= _RANK["trace"])
             )
         routes[spec.name] = Route(spec, policies)
+    if unresolved:
+        names = ", ".join(sorted({name for name, _ in unresolved}))
+        issues.append(
+            ConfigIssue(
+                "api.events",
+                f"{len(unresolved)} {'policy names' if len(unresolved) == 1 else 'policies name'}"
+                f" handlers not found ({names}): "
+                "the handler files that failed to load above may hold them",
+                unresolved[0][1],
+            )
+        )
     if issues:
         raise ConfigError(str(config.path), issues)
     return routes
