@@ -256,3 +256,17 @@ def test_logs_to_a_missing_syslog_are_refused_in_one_line(
     (line,) = result.stderr.strip().splitlines()
     assert "logging" in line and str(missing) in line and "logging.file" in line
     assert not (tmp_path / "twr.pid").exists()
+
+
+def test_runner_yaml_and_config_yaml_mistakes_are_reported_together(app: Path) -> None:
+    """Both files wrong: one run names the mistakes of each (exit 2, no traceback)."""
+    write_runner(app, "limits: {max_in_flihgt: 4}\n")
+    config = app / "config.yaml"
+    config.write_text(
+        config.read_text(encoding="utf-8") + "\nbogus_top_level: 1\n", encoding="utf-8"
+    )
+    result = run_cli("--conf", str(app / "runner.yaml"), "--check")
+    assert result.returncode == 2
+    assert "runner.yaml:" in result.stderr and "limits.max_in_flihgt" in result.stderr
+    assert "config.yaml:" in result.stderr and "bogus_top_level" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 __all__ = [
     "BadInput",
     "ConfigError",
+    "ConfigErrors",
     "ConfigIssue",
     "ConnectionGone",
     "HandlerTimeout",
@@ -72,3 +73,12 @@ class ConfigError(RunnerError):
         self.file = file
         self.issues = list(issues)
         super().__init__("\n".join(issue.render(file) for issue in self.issues))
+
+
+class ConfigErrors(RunnerError):
+    """Mistakes in several configuration files (runner.yaml and config.yaml), reported
+    together so that one round of fixes is enough (exit 2)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))

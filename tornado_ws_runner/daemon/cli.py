@@ -12,10 +12,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .._version import __version__
 from ..engine import Service
-from ..errors import ConfigError, ConfigIssue, StartupError
+from ..engine.config import read_yaml
+from ..errors import ConfigError, ConfigErrors, ConfigIssue, StartupError
 from ..log import configure, runner_log
 from ..management.app import read_management_token
 from ..runner import WsRunner, load_service, run_on_loop
@@ -79,6 +81,35 @@ def _settings(args: argparse.Namespace) -> RunnerSettings:
     return settings
 
 
+def _settings_with_the_api_checked_too(args: argparse.Namespace) -> RunnerSettings:
+    """The settings; when runner.yaml is wrong, config.yaml's mistakes are reported with
+    its own (config.yaml as runner.yaml's ``api`` names it, or --api)."""
+    try:
+        return _settings(args)
+    except ConfigError as runner_error:
+        api = _api_named(args)
+        if api is None or any(issue.key == "api" for issue in runner_error.issues):
+            raise  # no config.yaml to read, or its mistake is runner.yaml's already
+        try:
+            load_service(RunnerSettings(api=api))
+        except ConfigError as api_error:
+            raise ConfigErrors([runner_error, api_error]) from None
+        raise
+
+
+def _api_named(args: argparse.Namespace) -> str | None:
+    """config.yaml's path from --api or runner.yaml's ``api``, read on its own."""
+    if args.api:
+        return os.path.abspath(args.api)
+    conf = Path(args.conf or DEFAULT_CONF)
+    try:
+        data, _ = read_yaml(conf)
+    except ConfigError:
+        return None
+    api = data.get("api", RunnerSettings.api) if isinstance(data, dict) else RunnerSettings.api
+    return str(conf.resolve().parent / api) if isinstance(api, str) else None
+
+
 def _check(settings: RunnerSettings) -> Service:
     """Loads everything a start would load, without binding or running anything."""
     if settings.tls.enabled:
@@ -103,7 +134,7 @@ def _daemonize(runner: WsRunner, settings: RunnerSettings, pidfile: PidFile) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = _settings(args)
+        settings = _settings_with_the_api_checked_too(args)
         if args.daemon and not args.pidfile:
             raise ConfigError("command line", [ConfigIssue("--daemon", "needs --pidfile PATH")])
         service = _check(settings)
@@ -144,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if pidfile is not None:
                 pidfile.release()
         return 0
-    except ConfigError as exc:
+    except (ConfigError, ConfigErrors) as exc:
         print(exc, file=sys.stderr)
         return 2
     except StartupError as exc:
