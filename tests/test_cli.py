@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import tornado
 from procutil import SCRIPT, Spawner, clean_env, run_cli, write_runner
+from wsutil import openssl_certificate
 
 from tornado_ws_runner import __version__
 
@@ -270,3 +271,27 @@ def test_runner_yaml_and_config_yaml_mistakes_are_reported_together(app: Path) -
     assert "runner.yaml:" in result.stderr and "limits.max_in_flihgt" in result.stderr
     assert "config.yaml:" in result.stderr and "bogus_top_level" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_garbage_certificate_is_blamed_on_tls_cert_with_its_line(app: Path) -> None:
+    """A certificate file that is no PEM certificate: tls.cert named, with its line in
+    runner.yaml, and no OpenSSL source file in the message."""
+    (app / "server.crt").write_text("not a certificate\n", encoding="utf-8")
+    shutil.copy(TORNADO_TEST_CERT.with_suffix(".key"), app / "server.key")
+    write_runner(app, "tls:\n  host: 127.0.0.1\n  port: 0\n  key: server.key\n  cert: server.crt\n")
+    result = run_cli("--conf", str(app / "runner.yaml"), "--check")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "runner.yaml:9: tls.cert:" in line and "_ssl.c" not in line
+
+
+def test_a_key_of_another_certificate_is_blamed_on_tls_key(app: Path, tmp_path: Path) -> None:
+    """A good certificate with a good key that is not its own: tls.key names the mismatch."""
+    _, other_cert = openssl_certificate(tmp_path)
+    shutil.copy(other_cert, app / "server.crt")
+    shutil.copy(TORNADO_TEST_CERT.with_suffix(".key"), app / "server.key")
+    write_runner(app, "tls: {host: 127.0.0.1, port: 0, key: server.key, cert: server.crt}\n")
+    result = run_cli("--conf", str(app / "runner.yaml"), "--check")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "tls.key:" in line and "not the key of" in line and "_ssl.c" not in line

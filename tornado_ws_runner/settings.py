@@ -120,6 +120,8 @@ class RunnerSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: str | None = None  # the runner.yaml these came from, if any
+    #: The line of each key path in that file, for errors found after loading (TLS).
+    lines: dict[str, int] = field(default_factory=dict, repr=False)
 
     def management_token(self) -> str | None:
         return read_token(self.management)
@@ -137,6 +139,7 @@ def read_token(management: Management) -> str | None:
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 _LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 _PORT_FIELDS = {"port"}
+_NOT_KEYS = {"source", "lines"}  # RunnerSettings' fields that runner.yaml does not set
 _AT_LEAST_ONE = {
     "max_message_size",
     "max_connections",
@@ -194,7 +197,7 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
 def _fill(
     target: Any, raw: Any, prefix: str, issues: list[ConfigIssue], lines: dict[str, int]
 ) -> None:
-    fields = {f.name: f for f in dataclasses.fields(target) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(target) if f.name not in _NOT_KEYS}
     hints = typing.get_type_hints(type(target))
     if not isinstance(raw, dict):
         issues.append(ConfigIssue(prefix or "", "must be a mapping", lines.get(prefix)))
@@ -297,7 +300,7 @@ def load_settings(path: str | os.PathLike[str]) -> RunnerSettings:
     """Reads runner.yaml; relative paths in it are taken from its own folder."""
     file = Path(path).resolve()
     data, lines = read_yaml(file)
-    settings = RunnerSettings(source=str(file))
+    settings = RunnerSettings(source=str(file), lines=lines)
     issues: list[ConfigIssue] = []
     if data is not None:
         _fill(settings, data, "", issues, lines)
@@ -310,13 +313,40 @@ def load_settings(path: str | os.PathLike[str]) -> RunnerSettings:
 
 
 def tls_context(settings: RunnerSettings) -> ssl.SSLContext:
-    """The server's TLS context; a key or certificate that does not load is a config error."""
+    """The server's TLS context; a certificate or key that does not load is a config
+    error naming the one that is wrong (the certificate is read alone first)."""
     tls = settings.tls
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
+        ssl.create_default_context().load_verify_locations(cafile=str(tls.cert))
+    except (OSError, ssl.SSLError) as exc:
+        _tls_error(settings, "tls.cert", f"{tls.cert} is not a PEM certificate: {_reason(exc)}")
+    try:
         context.load_cert_chain(str(tls.cert), str(tls.key))
     except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        issue = ConfigIssue("tls.key", f"cannot load {tls.key} with {tls.cert}: {reason}")
-        raise ConfigError(settings.source or "runner.yaml", [issue]) from None
+        reason = _reason(exc)
+        if isinstance(exc, ssl.SSLError) and _looks_like_a_key(str(tls.key)):
+            reason = f"it is not the key of {tls.cert} ({reason})"
+        _tls_error(settings, "tls.key", f"cannot use {tls.key}: {reason}")
     return context
+
+
+def _looks_like_a_key(path: str) -> bool:
+    """A PEM private key, by its armour: what the ssl module cannot check on its own."""
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return "-----BEGIN" in text and "PRIVATE KEY-----" in text
+
+
+def _reason(exc: OSError | ssl.SSLError) -> str:
+    """What went wrong, without OpenSSL's source file and line."""
+    if isinstance(exc, ssl.SSLError):
+        return (exc.reason or "unreadable").replace("_", " ").lower()
+    return exc.strerror or str(exc)
+
+
+def _tls_error(settings: RunnerSettings, key: str, message: str) -> typing.NoReturn:
+    issue = ConfigIssue(key, message, settings.lines.get(key))
+    raise ConfigError(settings.source or "runner.yaml", [issue]) from None
