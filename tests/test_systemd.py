@@ -27,7 +27,7 @@ from procutil import (
 )
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
-INSTALLED_PATH = "/usr/local/bin/tornado-ws-runner"
+INSTALLED_PATH = "/usr/bin/tornado-ws-runner"
 #: Each unit file, and the name it is verified under (a template needs an instance).
 UNIT_NAMES = {
     "tornado-ws-runner.service": "tornado-ws-runner.service",
