@@ -438,3 +438,35 @@ def test_a_relative_pidfile_is_taken_from_the_working_directory(
     assert pid_alive(pid)
     wait_until("the serving line in the log file", lambda: _ports_in(log))
     _stop_detached(pid, pidfile)
+
+
+def test_sighup_takes_up_runner_yaml_live_keys_and_names_those_needing_a_restart(
+    app: Path, spawn: Spawner
+) -> None:
+    """SIGHUP after runner.yaml changed: a live key (limits.max_message_size) holds at
+    once on the open connection; a key that needs a restart (listen.host) is logged."""
+    runner_yaml = write_runner(app, "logging: {access: false}\nlimits: {max_message_size: 65536}\n")
+    daemon = spawn.serving("--conf", str(runner_yaml))
+
+    async def scenario() -> None:
+        ws = await connect(daemon.url)
+        big = "x" * 40_000
+        assert (await call(ws, "echo", big))["body"] == big
+        _rewrite(runner_yaml, "max_message_size: 65536", "max_message_size: 20000")
+        _rewrite(
+            runner_yaml, "listen: {host: 127.0.0.1, port: 0}", "listen: {host: 127.0.0.2, port: 0}"
+        )
+        mark = len(daemon.lines)
+        daemon.signal(signal.SIGHUP)
+        match, _ = await asyncio.to_thread(
+            daemon.wait_for, r"take effect at a restart", DEADLINE, mark
+        )
+        assert "listen.host" in match.string and "max_message_size" not in match.string
+        await asyncio.to_thread(daemon.wait_for, r"reloaded \S+config\.yaml", DEADLINE, mark)
+        ws2 = await connect(daemon.url)  # still on 127.0.0.1: the host waits for a restart
+        await ws2.write_message(json.dumps({"name": "echo", "payload": big}))
+        assert await ws2.read_message() is None, "a 40 KB frame is over the new 20 KB limit"
+        assert ws2.close_code == 1009
+        ws.close()
+
+    asyncio.run(scenario())

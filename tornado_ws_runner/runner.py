@@ -7,6 +7,7 @@ close every connection with 1001 and run on_disconnect -> log what was cut.
 from __future__ import annotations
 
 import asyncio
+import copy
 import errno
 import signal
 import socket
@@ -25,7 +26,14 @@ from .log import runner_log
 from .management.app import make_management_app
 from .metrics import Metrics
 from .runtime import Phase, RunnerState
-from .settings import RunnerSettings, tls_context
+from .settings import (
+    LIVE_KEYS,
+    LoggingSettings,
+    RunnerSettings,
+    changed_keys,
+    is_live,
+    tls_context,
+)
 from .ws.handler import ClientHandler
 from .ws.keepalive import KeepAlive
 from .ws.registry import Registry
@@ -48,6 +56,13 @@ def _bind(host: str, port: int, what: str) -> list[socket.socket]:
                 f"cannot listen for {what} on {host}:{port}: port {port} is in use"
             ) from None
         raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+
+
+def _dotted(settings: RunnerSettings, key: str) -> Any:
+    value: Any = settings
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def load_service(settings: RunnerSettings, reload: bool = False) -> Service:
@@ -86,11 +101,21 @@ class WsRunner:
     """The runner; ``run()`` blocks like the Node runner's, ``start``/``stop`` embed it."""
 
     def __init__(
-        self, settings: RunnerSettings | None = None, service: Service | None = None
+        self,
+        settings: RunnerSettings | None = None,
+        service: Service | None = None,
+        *,
+        reread: Callable[[], RunnerSettings] | None = None,
+        relog: Callable[[LoggingSettings], None] | None = None,
     ) -> None:
-        """``service``: an already loaded API (the CLI's ``--check`` pass), else loaded at start."""
+        """``service``: an already loaded API (the CLI's ``--check`` pass), else loaded at
+        start. ``reread``: the settings as they are now (runner.yaml read again), for a
+        reload to take up; ``relog`` applies new logging settings."""
         self.settings = settings or RunnerSettings()
         self._service = service
+        self._reread = reread
+        self._relog = relog
+        self._app: tornado.web.Application | None = None
         self.state: RunnerState | None = None
         self.ports: dict[str, int] = {}
         self._servers: list[tornado.httpserver.HTTPServer] = []
@@ -185,7 +210,7 @@ class WsRunner:
         )
         loop = asyncio.get_running_loop()
         state = self.state = RunnerState(s, service, registry, watch, metrics, loop)
-        app = tornado.web.Application(
+        app = self._app = tornado.web.Application(
             [(r".*", ClientHandler, {"state": state})],
             websocket_max_message_size=s.limits.max_message_size,
             log_function=lambda handler: None,
@@ -269,12 +294,15 @@ class WsRunner:
         self._sockets.clear()
 
     async def reload(self) -> bool:
-        """Swaps in a freshly loaded config.yaml and handlers; keeps the old on failure."""
+        """Swaps in a freshly loaded config.yaml and handlers, and runner.yaml's keys that
+        can change live (the others are logged as needing a restart); keeps the old on
+        failure."""
         state = self.state
         if state is None:
             return False
         try:
-            service = load_service(self.settings, reload=True)
+            settings = self._reread_settings()
+            service = load_service(settings, reload=True)
             await service.start()
         except ConfigError as exc:
             runner_log.error("reload failed, the old config stays in service:\n%s", exc)
@@ -282,9 +310,57 @@ class WsRunner:
         except Exception as exc:
             runner_log.error("reload failed (on_start: %r), the old config stays in service", exc)
             return False
+        await self._take_up(settings)
         state.service = service
         runner_log.info("reloaded %s: %d events", self.settings.api, len(service.routes))
         return True
+
+    def _reread_settings(self) -> RunnerSettings:
+        """The new settings: runner.yaml's live keys read again, the rest as running."""
+        if self._reread is None:
+            return self.settings
+        new = self._reread()
+        old = self.settings
+        restart = [
+            key
+            for key in changed_keys(old, new)
+            if not is_live(key) and not (key.endswith(".port") and _dotted(new, key) == 0)
+        ]
+        if restart:
+            runner_log.warning(
+                "runner.yaml: %s changed; these take effect at a restart", ", ".join(restart)
+            )
+        merged = copy.deepcopy(old)
+        for key in LIVE_KEYS:
+            section, _, name = key.partition(".")
+            if name:
+                setattr(getattr(merged, section), name, _dotted(new, key))
+            else:
+                setattr(merged, section, copy.deepcopy(getattr(new, section)))
+        return merged
+
+    async def _take_up(self, new: RunnerSettings) -> None:
+        """Applies the live keys of ``new`` to what runs."""
+        old, state = self.settings, self.state
+        assert state is not None
+        self.settings = state.settings = new
+        state.watch.send_buffer = new.limits.send_buffer
+        if new.timeouts.send != old.timeouts.send:
+            state.watch.stop()
+            state.watch.send_timeout = new.timeouts.send
+            state.watch.start()
+        if self._app is not None:
+            self._app.settings["websocket_max_message_size"] = new.limits.max_message_size
+        ping, timeout = new.timeouts.ping_interval, new.timeouts.ping_timeout
+        if (ping, timeout) != (old.timeouts.ping_interval, old.timeouts.ping_timeout):
+            if self._keepalive is not None:
+                await self._keepalive.stop()
+                self._keepalive = None
+            if ping:
+                self._keepalive = KeepAlive(state.registry, ping, timeout or ping)
+                self._keepalive.start()
+        if new.logging != old.logging and self._relog is not None:
+            self._relog(new.logging)
 
     def _close_servers(self) -> None:
         for server in self._servers:

@@ -29,6 +29,8 @@ __all__ = [
     "RunnerSettings",
     "Timeouts",
     "Tls",
+    "changed_keys",
+    "is_live",
     "load_settings",
     "tls_context",
 ]
@@ -125,6 +127,47 @@ class RunnerSettings:
 
     def management_token(self) -> str | None:
         return read_token(self.management)
+
+
+#: What a running daemon takes up from runner.yaml on SIGHUP (a section: every key in
+#: it); any other key changed needs a restart. The HTTP servers' own limits and the
+#: sockets are made once, at start.
+LIVE_KEYS = (
+    "api",
+    "environment",
+    "error_details",
+    "limits.max_message_size",
+    "limits.max_connections",
+    "limits.max_in_flight",
+    "limits.send_buffer",
+    "limits.allowed_origins",
+    "timeouts.handler",
+    "timeouts.send",
+    "timeouts.ping_interval",
+    "timeouts.ping_timeout",
+    "timeouts.drain",
+    "timeouts.blocking_warning",
+    "logging",
+)
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The key paths whose values differ between two settings (or two sections)."""
+    changed: list[str] = []
+    for f in dataclasses.fields(old):
+        if f.name in _NOT_KEYS:
+            continue
+        path = f"{prefix}{f.name}"
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(a):
+            changed += changed_keys(a, b, f"{path}.")
+        elif a != b:
+            changed.append(path)
+    return changed
+
+
+def is_live(key: str) -> bool:
+    return any(key == live or key.startswith(f"{live}.") for live in LIVE_KEYS)
 
 
 def read_token(management: Management) -> str | None:

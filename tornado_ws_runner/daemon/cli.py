@@ -152,7 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{where}, but {log.syslog_address} does not exist: set logging.file",
             )
             raise ConfigError(settings.source or "runner.yaml", [issue])
-        runner = WsRunner(settings, service)
+        runner = WsRunner(
+            settings,
+            service,
+            reread=lambda: _settings(args),
+            relog=lambda new: configure(
+                new.level, new.format, new.file, new.syslog, new.syslog_address
+            ),
+        )
         # Taken from this directory: a daemon's working directory is /.
         pidfile = PidFile(os.path.abspath(args.pidfile)) if args.pidfile else None
         if pidfile is not None and (owner := pidfile.owner()):
