@@ -18,6 +18,7 @@ from .engine import (
 from .errors import ConfigError
 from .management.postback import ws_postback_function, wsPostbackFunction
 from .runner import WsRunner
+from .ws.groups import join_group, leave_group
 
 __all__ = [
     "COMPLETE",
@@ -35,6 +36,8 @@ __all__ = [
     "StreamResponse",
     "WsRunner",
     "__version__",
+    "join_group",
+    "leave_group",
     "wsPostbackFunction",
     "ws_postback_function",
 ]

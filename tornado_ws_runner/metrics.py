@@ -150,6 +150,9 @@ class Metrics:
         self.events = _EventCounters()
         r.register(self.events)
         self.stream_chunks = Counter("twr_stream_chunks", "Stream chunk frames sent.", registry=r)
+        self.group_deliveries = Counter(
+            "twr_group_deliveries", "Frames of group POSTs flushed to members.", registry=r
+        )
         self.postbacks = Counter(
             "twr_postbacks", "Management postbacks, by outcome.", ["outcome"], registry=r
         )

@@ -23,6 +23,7 @@ arrives and answered 413 as soon as it passes the limit.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 from typing import Any
@@ -284,20 +285,24 @@ class _ConnectionRoute(BaseHandler):
             raise Problem(410, f"No open connection '{connection_id}'.")
         return conn
 
+    def frame_of_body(self) -> str:
+        """The frame a POST delivers: 200, the request's headers that go along, the body."""
+        try:
+            body = parse_body(self.body, self.request.headers.get("Content-Type", ""))
+        except Problem:
+            self.state.metrics.postbacks.labels("bad_request").inc()
+            raise
+        return codec.dumps(
+            {"statusCode": 200, "headers": forwarded_headers(self.request.headers), "body": body}
+        )
+
     async def deliver(self, connection_id: str) -> None:
         """Sends the body to the client as a 200 frame; answers 200 once it is flushed."""
         if self.refused:
             return
         postbacks = self.state.metrics.postbacks
         conn = self.connection(connection_id, outcome="gone")
-        try:
-            body = parse_body(self.body, self.request.headers.get("Content-Type", ""))
-        except Problem:
-            postbacks.labels("bad_request").inc()
-            raise
-        frame = codec.dumps(
-            {"statusCode": 200, "headers": forwarded_headers(self.request.headers), "body": body}
-        )
+        frame = self.frame_of_body()
         try:
             await conn.send(frame)
         except ConnectionGone:
@@ -337,6 +342,47 @@ class PostAliasHandler(_ConnectionRoute):
             self.state.metrics.postbacks.labels("bad_request").inc()
             raise Problem(400, "Name the connection: /post_@connection?id=<connection id>.")
         await self.deliver(connection_id)
+
+
+class GroupHandler(_ConnectionRoute):
+    """``/@groups/{group}``: its members, and a POST delivered to each of them."""
+
+    def get(self, group: str) -> None:
+        self.send_json(self.state.registry.members(group))
+
+    async def post(self, group: str) -> None:
+        """Answers once every member has the frame flushed (or has gone meanwhile)."""
+        if self.refused:
+            return
+        frame = self.frame_of_body()
+        registry = self.state.registry
+        members = [c for c in map(registry.get, registry.members(group)) if c is not None]
+        sent = await asyncio.gather(*(c.send(frame) for c in members), return_exceptions=True)
+        for outcome in sent:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ConnectionGone):
+                raise outcome
+        recipients = sum(outcome is None for outcome in sent)
+        self.state.metrics.group_deliveries.inc(recipients)
+        self.send_json({"group": group, "recipients": recipients})
+
+
+class GroupMemberHandler(_ConnectionRoute):
+    """``/@groups/{group}/{id}``: a connection joins (PUT) or leaves (DELETE) a group."""
+
+    def put(self, group: str, connection_id: str) -> None:
+        if self.refused:
+            return
+        if not self.state.registry.join(group, self.connection(connection_id).id):
+            raise Problem(410, f"No open connection '{connection_id}'.")
+        self.set_status(204)
+        self.finish()
+
+    def delete(self, group: str, connection_id: str) -> None:
+        if self.refused:
+            return
+        self.state.registry.leave(group, connection_id)
+        self.set_status(204)
+        self.finish()
 
 
 def _access_logger(handler: tornado.web.RequestHandler) -> None:
@@ -384,6 +430,8 @@ def make_management_app(state: RunnerState) -> tornado.web.Application:
         (rf"/list_{at}connections/?", ListHandler, deps),
         (rf"/{at}connections/([^/]+)/?", ConnectionHandler, deps),
         (rf"/post_{at}connection/?", PostAliasHandler, deps),
+        (rf"/{at}groups/([^/]+)/?", GroupHandler, deps),
+        (rf"/{at}groups/([^/]+)/([^/]+)/?", GroupMemberHandler, deps),
         (r"/healthz/?", HealthHandler, deps),
         (r"/readyz/?", ReadyHandler, deps),
         (r"/metrics/?", MetricsHandler, deps),

@@ -38,6 +38,7 @@ class Connection(Sender):
         "close_code",
         "connected_at",
         "connecting",
+        "groups",
         "headers",
         "id",
         "identity",
@@ -81,6 +82,8 @@ class Connection(Sender):
         self.on_closed: Callable[[Connection], None] | None = None
         self.close_code: int | None = None
         self.in_flight = 0
+        #: The groups it is in (registry.py), made at the first join.
+        self.groups: set[str] | None = None
         self.slot_free: asyncio.Future[None] | None = None
         #: The loop's time of the last pong (keepalive.py closes those without a recent one).
         self.pong_at = 0.0

@@ -27,7 +27,7 @@ from ..engine import ErrorResponse, Event, Response, StreamResponse
 from ..errors import ConnectionGone
 from ..log import access, runner_log
 from ..runtime import Phase, RunnerState
-from . import codec
+from . import codec, groups
 from .connection import Connection
 
 __all__ = ["ClientHandler"]
@@ -111,6 +111,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         }
         conn.on_closed = self._after_close
         self.conn = conn
+        groups.bind(state)  # this connection's tasks start from this context
         state.sockets.add(self)
         state.registry.add(conn)
         state.metrics.opened.inc()
@@ -182,6 +183,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
 
     async def _disconnect(self, conn: Connection) -> None:
         state = self.state
+        groups.bind(state)  # a task of its own, maybe started outside the connection's context
         connecting = conn.connecting
         if connecting is not None and not connecting.done():
             if state.phase is not Phase.READY:
