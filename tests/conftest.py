@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from procutil import Spawner, copy_app, spawner, write_runner
 from tornado.ioloop import IOLoop
-from wsutil import Serve, fresh_loop, openssl_certificate, serving
+from wsutil import Serve, fresh_loop, openssl_certificate, redis_server, serving
 
 
 @pytest.fixture
@@ -55,3 +55,10 @@ def app(tmp_path: Path) -> Path:
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1, made with the openssl command."""
     return openssl_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server of this test's own, on a unix socket (no port to clash)."""
+    with redis_server(tmp_path) as url:
+        yield url

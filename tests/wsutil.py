@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -210,6 +211,38 @@ def openssl_certificate(folder: Path) -> tuple[str, str]:
         timeout=30,
     )  # fmt: skip
     return str(key), str(cert)
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    """Starts redis-server on a unix socket in ``folder``; yields its URL; stops it (by
+    its PID) after. Persistence is off: nothing is written but the socket."""
+    sock = folder / "redis.sock"
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not sock.exists():
+            assert proc.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not open its socket"
+            time.sleep(0.01)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
 
 
 def ws_url(runner: WsRunner, path: str = "/any/path?x=1", tls: bool = False) -> str:

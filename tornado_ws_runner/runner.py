@@ -19,11 +19,13 @@ from typing import Any
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from redis.exceptions import RedisError
 
+from .cluster.node import ClusterNode
 from .engine import Service
 from .errors import ConfigError, StartupError
 from .log import runner_log
-from .management.app import make_management_app
+from .management.app import answer_forwarded, make_management_app
 from .metrics import Metrics
 from .runtime import Phase, RunnerState
 from .settings import (
@@ -47,9 +49,11 @@ Notify = Callable[[str], None]
 CLOSE_WAIT = 2.0  # seconds clients get to answer the 1001 close before the socket is dropped
 
 
-def _bind(host: str, port: int, what: str) -> list[socket.socket]:
+def _bind(host: str, port: int, what: str, reuse_port: bool = False) -> list[socket.socket]:
     try:
-        return tornado.netutil.bind_sockets(port, address=host or None, backlog=1024)
+        return tornado.netutil.bind_sockets(
+            port, address=host or None, backlog=1024, reuse_port=reuse_port
+        )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(
@@ -221,6 +225,8 @@ class WsRunner:
             self._close_servers()
             self.unbind()
             raise
+        if s.cluster.enabled:
+            await self._join_cluster(state)
         watch.start()
         if s.timeouts.ping_interval:
             ping = s.timeouts.ping_interval
@@ -232,6 +238,20 @@ class WsRunner:
         runner_log.info(
             "serving %s on %s", s.api, ", ".join(f"{k} :{v}" for k, v in self.ports.items())
         )
+
+    async def _join_cluster(self, state: RunnerState) -> None:
+        """Cluster mode: this daemon joins the others through Redis before it serves."""
+        async def remote(op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
+            return await answer_forwarded(state, op, connection_id, frame)
+
+        s = self.settings
+        node = ClusterNode(s.cluster, s.management.base_url(), remote)
+        try:
+            await node.start()
+        except (OSError, RedisError) as exc:
+            self._close_servers()
+            raise StartupError(f"cannot join the cluster at {s.cluster.redis_url}: {exc}") from None
+        state.cluster = node
 
     def bind(self) -> None:
         """Binds every port now, so a daemon fails before it detaches from the terminal.
@@ -247,7 +267,9 @@ class WsRunner:
                 self._sockets["management"] = _bind(
                     s.management.host, s.management.port, "management"
                 )
-            self._sockets["listen"] = _bind(s.listen.host, s.listen.port, "WebSocket clients")
+            self._sockets["listen"] = _bind(
+                s.listen.host, s.listen.port, "WebSocket clients", s.listen.reuse_port
+            )
             if s.tls.enabled:
                 self._tls_context = tls_context(s)
                 self._sockets["tls"] = _bind(s.tls.host or s.listen.host, s.tls.port, "WSS clients")
@@ -395,6 +417,8 @@ class WsRunner:
                 client.abort()
             # Tornado's frame loops end once they see their socket dropped.
             await state.wait_sockets_closed(CLOSE_WAIT)
+        if state.cluster is not None:
+            await state.cluster.stop()
         if self._management is not None:
             self._management.stop()
             await self._management.close_all_connections()

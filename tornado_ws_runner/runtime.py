@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine import Service
 from .metrics import Metrics
 from .settings import RunnerSettings
 from .ws.registry import Registry
 from .ws.sender import SendWatch
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 __all__ = ["Phase", "RunnerState"]
 
@@ -36,6 +39,8 @@ class RunnerState:
     #: The loop it runs on, named once: asyncio's module-level calls look it up each time.
     loop: asyncio.AbstractEventLoop
     phase: Phase = Phase.STARTING
+    #: This daemon as a node of a cluster (cluster/node.py); None when cluster mode is off.
+    cluster: ClusterNode | None = None
     #: Every event and on_disconnect task, so shutdown can wait for them.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     #: The WebSocketHandlers whose socket is open (shutdown waits for them to close).

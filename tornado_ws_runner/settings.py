@@ -22,6 +22,7 @@ from .engine.config import read_yaml, suggest
 from .errors import ConfigError, ConfigIssue
 
 __all__ = [
+    "Cluster",
     "Limits",
     "Listen",
     "LoggingSettings",
@@ -40,6 +41,23 @@ __all__ = [
 class Listen:
     host: str = "0.0.0.0"
     port: int = 8000
+    reuse_port: bool = False  # several daemons on one machine share the port (SO_REUSEPORT)
+
+
+@dataclass
+class Cluster:
+    """Several daemons joined through Redis (CONTRACT section 7); on when redis_url is set."""
+
+    redis_url: str | None = None  # redis://host:port/db or unix:///path/redis.sock
+    key_prefix: str = "tornado-ws-runner:"  # several clusters may share one Redis
+    node_id: str | None = None  # default: <hostname>-<pid>-<random>, new at every start
+    heartbeat_interval: float = 2.0  # seconds between a node's heartbeats
+    node_timeout: float = 10.0  # seconds without a heartbeat: the node is lost
+    forward_timeout: float = 5.0  # seconds a management call forwarded to its node may take
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
 
 
 @dataclass
@@ -121,6 +139,7 @@ class RunnerSettings:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    cluster: Cluster = field(default_factory=Cluster)
     source: str | None = None  # the runner.yaml these came from, if any
     #: The line of each key path in that file, for errors found after loading (TLS).
     lines: dict[str, int] = field(default_factory=dict, repr=False)

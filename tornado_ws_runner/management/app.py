@@ -31,6 +31,7 @@ from typing import Any
 import tornado.httputil
 import tornado.web
 
+from ..cluster.node import ClusterUnavailable, ForwardTimeout
 from ..errors import ConfigError, ConfigIssue, ConnectionGone
 from ..log import management_log
 from ..metrics import CONTENT_TYPE
@@ -40,7 +41,7 @@ from ..ws import codec
 from ..ws.connection import Connection
 from .rules import JSON_TYPE, Problem, declared_length, forwarded_headers, message, parse_body
 
-__all__ = ["make_management_app", "read_management_token"]
+__all__ = ["answer_forwarded", "make_management_app", "read_management_token"]
 
 CLOSE_REASON = "closed by management"
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -265,8 +266,33 @@ class MetricsHandler(BaseHandler):
 
 
 class ListHandler(BaseHandler):
-    def get(self) -> None:
-        self.send_json(self.state.registry.ids())
+    async def get(self) -> None:
+        cluster = self.state.cluster
+        if cluster is None:
+            self.send_json(self.state.registry.ids())
+            return
+        try:
+            self.send_json(await cluster.connection_ids())
+        except ClusterUnavailable as exc:
+            raise unavailable(exc) from None
+
+
+def unavailable(exc: ClusterUnavailable) -> Problem:
+    """503: the call needs the cluster's directory, and Redis does not answer."""
+    return Problem(503, f"The cluster's directory (Redis) cannot be reached: {exc}")
+
+
+class NodesHandler(BaseHandler):
+    """``/@nodes``: the cluster's live nodes (cluster mode only)."""
+
+    async def get(self) -> None:
+        cluster = self.state.cluster
+        if cluster is None:
+            raise Problem(404, "Cluster mode is off: runner.yaml sets no cluster.redis_url.")
+        try:
+            self.send_json(await cluster.nodes())
+        except ClusterUnavailable as exc:
+            raise unavailable(exc) from None
 
 
 class _ConnectionRoute(BaseHandler):
@@ -313,16 +339,61 @@ class _ConnectionRoute(BaseHandler):
 
 
 class ConnectionHandler(_ConnectionRoute):
-    """``/@connections/{id}``: describe the connection, post to it, close it."""
+    """``/@connections/{id}``: describe the connection, post to it, close it; in cluster
+    mode, one of another node through the directory and that node."""
 
-    def get(self, connection_id: str) -> None:
-        self.send_json(self.connection(connection_id).describe())
+    def is_remote(self, connection_id: str) -> bool:
+        local = self.state.registry.get(connection_id)
+        return self.state.cluster is not None and (local is None or local.closing)
+
+    async def get(self, connection_id: str) -> None:
+        cluster = self.state.cluster
+        if not self.is_remote(connection_id):
+            description = self.connection(connection_id).describe()
+            if cluster is not None:
+                description["node"] = cluster.node_id
+            self.send_json(description)
+            return
+        assert cluster is not None
+        try:
+            remote = await cluster.describe(connection_id)
+        except ClusterUnavailable as exc:
+            raise unavailable(exc) from None
+        if remote is None:
+            raise Problem(410, f"No open connection '{connection_id}'.")
+        self.send_json(remote)
 
     async def post(self, connection_id: str) -> None:
+        if self.refused:
+            return
+        if self.is_remote(connection_id):
+            await self.forwarded("post", connection_id, self.frame_of_body())
+            return
         await self.deliver(connection_id)
 
-    def delete(self, connection_id: str) -> None:
+    async def forwarded(self, op: str, connection_id: str, frame: str | None) -> None:
+        """Answers with what the owning node answered (or 410, 503, 504)."""
+        cluster = self.state.cluster
+        assert cluster is not None
+        try:
+            status, body = await cluster.forward(op, connection_id, frame)
+        except ClusterUnavailable as exc:
+            raise unavailable(exc) from None
+        except ForwardTimeout as exc:
+            raise Problem(504, f"Node {exc} did not answer in time.") from None
+        if status >= 400:
+            raise Problem(status, f"No open connection '{connection_id}'.")
+        if body is None:
+            self.set_status(status)
+            self.finish()
+        else:
+            self.send_json(body, status)
+
+    async def delete(self, connection_id: str) -> None:
         if self.refused:
+            return
+        if self.is_remote(connection_id):
+            await self.forwarded("delete", connection_id, None)
             return
         conn = self.connection(connection_id)
         conn.close(1000, CLOSE_REASON)
@@ -385,6 +456,28 @@ class GroupMemberHandler(_ConnectionRoute):
         self.finish()
 
 
+async def answer_forwarded(
+    state: RunnerState, op: str, connection_id: str, frame: str | None
+) -> tuple[int, Any]:
+    """What this node answers to a call another node forwarded for one of its
+    connections: as the local route would (200 once flushed, 204, 410)."""
+    conn = state.registry.get(connection_id)
+    if conn is None or conn.closing:
+        return 410, None
+    if op == "delete":
+        conn.close(1000, CLOSE_REASON)
+        management_log.info("closed %s on a request forwarded by another node", conn.id)
+        return 204, None
+    if op == "post" and frame is not None:
+        try:
+            await conn.send(frame)
+        except ConnectionGone:
+            return 410, None
+        state.metrics.postbacks.labels("delivered").inc()
+        return 200, {"connectionId": conn.id, "delivered": True}
+    return 400, None
+
+
 def _access_logger(handler: tornado.web.RequestHandler) -> None:
     request = handler.request
     management_log.debug(
@@ -430,6 +523,7 @@ def make_management_app(state: RunnerState) -> tornado.web.Application:
         (rf"/list_{at}connections/?", ListHandler, deps),
         (rf"/{at}connections/([^/]+)/?", ConnectionHandler, deps),
         (rf"/post_{at}connection/?", PostAliasHandler, deps),
+        (rf"/{at}nodes/?", NodesHandler, deps),
         (rf"/{at}groups/([^/]+)/?", GroupHandler, deps),
         (rf"/{at}groups/([^/]+)/([^/]+)/?", GroupMemberHandler, deps),
         (r"/healthz/?", HealthHandler, deps),

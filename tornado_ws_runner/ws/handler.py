@@ -119,7 +119,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             access.line("%s open from %s (%s)", conn.id, conn.source_ip, conn.user_agent or "-")
         if not state.service.has_event("on_connect"):
             self._release_handshake()
-            conn.accepted = True
+            self._accept(conn)
             return None
         headers = {k: ", ".join(request.headers.get_list(k)) for k in request.headers}
         self._release_handshake()
@@ -164,8 +164,14 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         response = await self.state.service.process(connect)
         if response.status_code < 400:
             conn.identity = connect.identity
-            conn.accepted = True
+            self._accept(conn)
         return response
+
+    def _accept(self, conn: Connection) -> None:
+        """on_connect passed (or there is none): the connection is addressable."""
+        conn.accepted = True
+        if self.state.cluster is not None:
+            self.state.cluster.registered(conn.id, conn.describe())
 
     def on_close(self) -> None:
         if self.conn is not None:
@@ -179,6 +185,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
     def _after_close(self, conn: Connection) -> None:
         """Runs on_disconnect once, whichever side or path closed the connection."""
         self.state.metrics.closed.inc()
+        if conn.accepted and self.state.cluster is not None:
+            self.state.cluster.unregistered(conn.id)
         self.state.track(asyncio.ensure_future(self._disconnect(conn)))
 
     async def _disconnect(self, conn: Connection) -> None:

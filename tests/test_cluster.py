@@ -1,0 +1,116 @@
+"""Cluster mode (CONTRACT section 7) with a real redis-server and two runners in this
+process, each a node: the management API of either answers for the connections of
+both, forwards POST and DELETE to the owning node, lists the nodes; a node that does
+not answer gives 504, and with Redis gone, cluster calls give 503 while each node keeps
+serving its own clients."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from wsutil import PROBE, Serve, ask, closed_with, recv, tornado_connect, ws_url
+
+
+async def http(runner: Any, method: str, path: str, body: Any = None) -> HTTPResponse:
+    data = None if body is None else json.dumps(body)
+    return await AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{runner.ports['management']}{path}",
+        method=method,
+        body=data,
+        headers={"Content-Type": "application/json"},
+        raise_error=False,
+        request_timeout=10,
+    )
+
+
+async def node(serve: Serve, redis_url: str, name: str, **cluster: Any) -> Any:
+    settings = {"redis_url": redis_url, "node_id": name, "heartbeat_interval": 0.2}
+    return await serve(cluster={**settings, **cluster})
+
+
+async def client(runner: Any) -> tuple[Any, str]:
+    conn = await tornado_connect(ws_url(runner))
+    await ask(conn, {"name": "echo", "headers": {"message-id": "id"}})
+    return conn, str(PROBE.events[-1].request.headers["connection-id"])
+
+
+async def listed(runner: Any) -> list[str]:
+    answer = await http(runner, "GET", "/@connections")
+    assert answer.code == 200, answer.body
+    return sorted(json.loads(answer.body))
+
+
+async def test_either_node_lists_describes_posts_to_and_closes_any_connection(
+    serve: Serve, redis_url: str
+) -> None:
+    a, b = await node(serve, redis_url, "node-a"), await node(serve, redis_url, "node-b")
+    on_a, a_id = await client(a)
+    on_b, b_id = await client(b)
+    await until_listed(a, {a_id, b_id})
+    assert await listed(b) == sorted([a_id, b_id])
+
+    described = json.loads((await http(b, "GET", f"/@connections/{a_id}")).body)
+    assert described["connectionId"] == a_id and described["node"] == "node-a"
+    local = json.loads((await http(a, "GET", f"/@connections/{a_id}")).body)
+    assert local["node"] == "node-a"
+
+    posted = await http(b, "POST", f"/@connections/{a_id}", {"from": "b"})
+    assert posted.code == 200, posted.body
+    assert json.loads(posted.body) == {"connectionId": a_id, "delivered": True}
+    assert (await recv(on_a))["body"] == {"from": "b"}
+
+    nodes = json.loads((await http(a, "GET", "/@nodes")).body)
+    assert sorted(n["nodeId"] for n in nodes) == ["node-a", "node-b"]
+    assert all(n["connections"] == 1 and n["lastHeartbeat"].endswith("Z") for n in nodes)
+
+    assert (await http(a, "DELETE", f"/@connections/{b_id}")).code == 204
+    assert await closed_with(on_b) == (1000, "closed by management")
+    await until_listed(a, {a_id})
+    assert (await http(a, "POST", f"/@connections/{b_id}", {"x": 1})).code == 410
+    assert (await http(a, "GET", f"/@connections/{b_id}")).code == 410
+    on_a.close()
+
+
+async def until_listed(runner: Any, ids: set[str]) -> None:
+    """The directory is written as connections come and go: wait for it (bounded)."""
+    for _ in range(200):
+        if set(await listed(runner)) == ids:
+            return
+    raise AssertionError(f"the cluster never listed {ids}")
+
+
+async def test_a_node_that_does_not_answer_gives_504(serve: Serve, redis_url: str) -> None:
+    """A connection the directory gives to a live node that never answers its channel."""
+    a = await node(serve, redis_url, "node-a", forward_timeout=0.3)
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    prefix = "tornado-ws-runner:"
+    store.zadd(f"{prefix}heartbeats", {"silent": time.time() + 60})
+    store.hset(f"{prefix}owners", "ghost", "silent")
+    store.hset(f"{prefix}conns:silent", "ghost", "{}")
+    answer = await http(a, "POST", "/@connections/ghost", {"x": 1})
+    assert answer.code == 504, answer.body
+    assert json.loads(answer.body)["statusCode"] == 504
+    store.close()
+
+
+async def test_without_redis_cluster_calls_answer_503_and_local_ones_work(
+    serve: Serve, tmp_path: Any
+) -> None:
+    from wsutil import redis_server
+
+    with redis_server(tmp_path) as url:
+        a = await node(serve, url, "node-a")
+        conn, cid = await client(a)
+        await until_listed(a, {cid})
+    # redis-server has stopped
+    assert (await http(a, "GET", "/@connections")).code == 503
+    assert (await http(a, "GET", "/@connections/elsewhere")).code == 503
+    posted = await http(a, "POST", f"/@connections/{cid}", {"still": "local"})
+    assert posted.code == 200
+    assert (await recv(conn))["body"] == {"still": "local"}
+    assert (await http(a, "GET", "/healthz")).code == 200
+    conn.close()

@@ -1,0 +1,1 @@
+"""Cluster mode: several daemons, one API, joined through Redis (CONTRACT section 7)."""

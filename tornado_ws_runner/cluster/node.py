@@ -1,0 +1,248 @@
+"""One daemon as a node of a cluster: its entries in Redis' directory, its heartbeat, and
+the management calls it forwards to other nodes or answers for them.
+
+Redis holds, under ``cluster.key_prefix``:
+
+- ``heartbeats``: a sorted set, node id -> the time of its last heartbeat (one entry per
+  node, not one per connection); ``nodes``: a hash, node id -> its management URL;
+- ``owners``: a hash, connection id -> the node that holds it;
+- ``conns:<node>``: a hash per node, connection id -> what ``GET /@connections/{id}``
+  shows of it;
+- ``node:<node>``: the pub/sub channel of a node, on which it takes forwarded calls and
+  the answers to its own.
+
+A connect or a disconnect is one pipelined round trip; a message never touches Redis.
+Listing the cluster reads the directory (the live nodes' hashes), never asks the nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from ..log import runner_log
+from ..settings import Cluster
+
+__all__ = ["ClusterNode", "ClusterUnavailable", "ForwardTimeout", "Remote"]
+
+
+class ClusterUnavailable(Exception):
+    """Redis cannot be reached: a call that needs the cluster answers 503."""
+
+
+class ForwardTimeout(Exception):
+    """The owning node did not answer within ``cluster.forward_timeout``: 504."""
+
+
+#: What a node does for a call forwarded to it: (operation, connection id, frame) ->
+#: (HTTP status, JSON body or None).
+Remote = Callable[[str, str, str | None], Awaitable[tuple[int, Any]]]
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class ClusterNode:
+    """This daemon's part in the cluster (cluster mode only)."""
+
+    def __init__(self, settings: Cluster, management_url: str, remote: Remote) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id or default_node_id()
+        self.management_url = management_url
+        self._remote = remote
+        self._prefix = settings.key_prefix
+        self._redis: redis.Redis = redis.from_url(str(settings.redis_url), decode_responses=True)
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._waiting: dict[str, asyncio.Future[tuple[int, Any]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._beater: asyncio.Task[None] | None = None
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    # -- start and stop --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Joins the cluster: first heartbeat, then the node's channel (raises when Redis
+        cannot be reached, so a daemon configured for a cluster does not start alone)."""
+        await self._heartbeat()
+        await self._pubsub.subscribe(self.key(f"node:{self.node_id}"))
+        self._listener = asyncio.ensure_future(self._listen())
+        self._beater = asyncio.ensure_future(self._beat())
+        runner_log.info("cluster: node %s joined", self.node_id)
+
+    async def stop(self) -> None:
+        """Leaves the cluster: its entries go (its connections were closed by then)."""
+        for task in (self._beater, self._listener, *self._tasks):
+            if task is not None:
+                task.cancel()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.key("heartbeats"), self.node_id)
+                pipe.hdel(self.key("nodes"), self.node_id)
+                pipe.delete(self.key(f"conns:{self.node_id}"))
+                await pipe.execute()
+        except RedisError as exc:
+            runner_log.warning("cluster: could not leave cleanly: %s", exc)
+        await self._pubsub.aclose()
+        await self._redis.aclose()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                await self._heartbeat()
+            except RedisError as exc:
+                runner_log.warning("cluster: heartbeat failed: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.key("heartbeats"), {self.node_id: time.time()})
+            pipe.hset(self.key("nodes"), self.node_id, self.management_url)
+            await pipe.execute()
+
+    # -- the directory ---------------------------------------------------------------
+
+    def registered(self, connection_id: str, description: dict[str, Any]) -> None:
+        """A connection this node holds was accepted: it enters the directory."""
+        self._spawn(self._register(connection_id, description))
+
+    def unregistered(self, connection_id: str) -> None:
+        self._spawn(self._unregister(connection_id))
+
+    async def _register(self, connection_id: str, description: dict[str, Any]) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key("owners"), connection_id, self.node_id)
+            pipe.hset(self.key(f"conns:{self.node_id}"), connection_id, json.dumps(description))
+            await pipe.execute()
+
+    async def _unregister(self, connection_id: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.key("owners"), connection_id)
+            pipe.hdel(self.key(f"conns:{self.node_id}"), connection_id)
+            await pipe.execute()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(self._logged(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _logged(work: Awaitable[None]) -> None:
+        try:
+            await work
+        except RedisError as exc:
+            runner_log.warning("cluster: directory update failed: %s", exc)
+
+    async def _live_nodes(self) -> list[str]:
+        since = time.time() - self.settings.node_timeout
+        nodes = await self._redis.zrangebyscore(self.key("heartbeats"), since, "+inf")
+        return [str(node) for node in nodes]
+
+    async def connection_ids(self) -> list[str]:
+        """Every connection of the live nodes, from the directory."""
+        try:
+            nodes = await self._live_nodes()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for node in nodes:
+                    pipe.hkeys(self.key(f"conns:{node}"))
+                lists = await pipe.execute()
+        except RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+        return [cid for ids in lists for cid in ids]
+
+    async def describe(self, connection_id: str) -> dict[str, Any] | None:
+        """What the directory holds of a connection of a live node, with its node."""
+        try:
+            owner = await self._redis.hget(self.key("owners"), connection_id)
+            if owner is None or owner not in await self._live_nodes():
+                return None
+            node = str(owner)
+            raw = await self._redis.hget(self.key(f"conns:{node}"), connection_id)
+        except RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+        if raw is None:
+            return None
+        return {**json.loads(raw), "node": node}
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        try:
+            since = time.time() - self.settings.node_timeout
+            found_beats: list[Any] = await self._redis.zrangebyscore(
+                self.key("heartbeats"), since, "+inf", withscores=True
+            )
+            beats = [(str(pair[0]), float(pair[1])) for pair in found_beats]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for node, _ in beats:
+                    pipe.hget(self.key("nodes"), node)
+                    pipe.hlen(self.key(f"conns:{node}"))
+                found = await pipe.execute()
+        except RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+        return [
+            {
+                "nodeId": node,
+                "managementUrl": found[2 * i] or "",
+                "connections": found[2 * i + 1],
+                "lastHeartbeat": _iso(beat),
+            }
+            for i, (node, beat) in enumerate(beats)
+        ]
+
+    # -- forwarded calls -------------------------------------------------------------
+
+    async def forward(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
+        """A management call for a connection of another node, answered by that node:
+        (status, body); 410 when no live node holds it."""
+        try:
+            owner = await self._redis.hget(self.key("owners"), connection_id)
+            if owner is None or owner not in await self._live_nodes():
+                return 410, None
+            rid = uuid.uuid4().hex
+            waiting = asyncio.get_running_loop().create_future()
+            self._waiting[rid] = waiting
+            call = {"rid": rid, "from": self.node_id, "op": op, "id": connection_id, "frame": frame}
+            await self._redis.publish(self.key(f"node:{owner}"), json.dumps(call))
+        except RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+        try:
+            return await asyncio.wait_for(waiting, self.settings.forward_timeout)
+        except TimeoutError:
+            raise ForwardTimeout(str(owner)) from None
+        finally:
+            self._waiting.pop(rid, None)
+
+    async def _listen(self) -> None:
+        async for message in self._pubsub.listen():
+            try:
+                data = json.loads(message["data"])
+            except (TypeError, ValueError):
+                continue
+            if "reply" in data:
+                waiting = self._waiting.get(data.get("rid"))
+                if waiting is not None and not waiting.done():
+                    waiting.set_result((int(data["reply"]), data.get("body")))
+            else:
+                self._spawn(self._answer(data))
+
+    async def _answer(self, call: dict[str, Any]) -> None:
+        status, body = await self._remote(call["op"], call["id"], call.get("frame"))
+        reply = {"rid": call["rid"], "reply": status, "body": body}
+        await self._redis.publish(self.key(f"node:{call['from']}"), json.dumps(reply))
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + (
+        f".{int(timestamp * 1000) % 1000:03d}Z"
+    )
