@@ -7,12 +7,16 @@ serving its own clients."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
+from procutil import Spawner, call, connect, write_runner
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
-from wsutil import PROBE, Serve, ask, closed_with, recv, tornado_connect, ws_url
+from wsutil import PROBE, Serve, ask, closed_with, recv, tornado_connect, until, ws_url
 
 
 async def http(runner: Any, method: str, path: str, body: Any = None) -> HTTPResponse:
@@ -114,3 +118,32 @@ async def test_without_redis_cluster_calls_answer_503_and_local_ones_work(
     assert (await recv(conn))["body"] == {"still": "local"}
     assert (await http(a, "GET", "/healthz")).code == 200
     conn.close()
+
+
+def test_a_killed_node_is_claimed_once_and_its_connections_get_on_disconnect(
+    serve: Serve, redis_url: str, app: Path, spawn: Spawner, io_loop: Any
+) -> None:
+    """A daemon (a real process) holding a client is SIGKILLed: within node_timeout and
+    a heartbeat, the surviving node drops it from the listing and runs on_disconnect
+    once for the client, with disconnect-reason node-lost."""
+    timing = "heartbeat_interval: 0.2, node_timeout: 1"
+    write_runner(app, f"cluster: {{redis_url: '{redis_url}', node_id: doomed, {timing}}}\n")
+    daemon = spawn.serving("--conf", str(app / "runner.yaml"))
+
+    async def scenario() -> None:
+        survivor = await node(serve, redis_url, "survivor", node_timeout=1)
+        ws = await connect(daemon.url)
+        doomed_id = (await call(ws, "whoami"))["body"]["connectionId"]
+        await until_listed(survivor, {doomed_id})
+        os.kill(daemon.pid, signal.SIGKILL)
+        await until(lambda: PROBE.disconnects, "on_disconnect for the lost client", timeout=5)
+        (event,) = PROBE.disconnects
+        headers = event.request.headers
+        assert headers["connection-id"] == doomed_id
+        assert headers["disconnect-reason"] == "node-lost"
+        assert await listed(survivor) == []
+        nodes = json.loads((await http(survivor, "GET", "/@nodes")).body)
+        assert [n["nodeId"] for n in nodes] == ["survivor"]
+        ws.close()
+
+    io_loop.run_sync(scenario, timeout=30)

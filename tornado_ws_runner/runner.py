@@ -36,7 +36,7 @@ from .settings import (
     is_live,
     tls_context,
 )
-from .ws.handler import ClientHandler
+from .ws.handler import ClientHandler, disconnect_lost
 from .ws.keepalive import KeepAlive
 from .ws.registry import Registry
 from .ws.sender import SendWatch
@@ -244,8 +244,11 @@ class WsRunner:
         async def remote(op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
             return await answer_forwarded(state, op, connection_id, frame)
 
+        async def lost(connection_id: str, entry: dict[str, Any]) -> None:
+            await disconnect_lost(state, connection_id, entry)
+
         s = self.settings
-        node = ClusterNode(s.cluster, s.management.base_url(), remote)
+        node = ClusterNode(s.cluster, s.management.base_url(), remote, lost)
         try:
             await node.start()
         except (OSError, RedisError) as exc:

@@ -46,6 +46,9 @@ class ForwardTimeout(Exception):
 #: What a node does for a call forwarded to it: (operation, connection id, frame) ->
 #: (HTTP status, JSON body or None).
 Remote = Callable[[str, str, str | None], Awaitable[tuple[int, Any]]]
+#: What the node that claims a lost node does for each of its connections: run
+#: on_disconnect with (connection id, the directory's entry for it).
+Lost = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 def default_node_id() -> str:
@@ -55,8 +58,11 @@ def default_node_id() -> str:
 class ClusterNode:
     """This daemon's part in the cluster (cluster mode only)."""
 
-    def __init__(self, settings: Cluster, management_url: str, remote: Remote) -> None:
+    def __init__(
+        self, settings: Cluster, management_url: str, remote: Remote, lost: Lost
+    ) -> None:
         self.settings = settings
+        self._lost = lost
         self.node_id = settings.node_id or default_node_id()
         self.management_url = management_url
         self._remote = remote
@@ -103,8 +109,33 @@ class ClusterNode:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:
                 await self._heartbeat()
+                await self._claim_lost_nodes()
             except RedisError as exc:
                 runner_log.warning("cluster: heartbeat failed: %s", exc)
+
+    async def _claim_lost_nodes(self) -> None:
+        """Nodes silent past node_timeout: the one node whose ZREM removes a lost node's
+        heartbeat (atomic in Redis) takes its connections out of the directory and runs
+        on_disconnect once for each."""
+        since = time.time() - self.settings.node_timeout
+        lost = await self._redis.zrangebyscore(self.key("heartbeats"), "-inf", f"({since}")
+        for node in map(str, lost):
+            if node == self.node_id or not await self._redis.zrem(self.key("heartbeats"), node):
+                continue
+            entries = await self._redis.hgetall(self.key(f"conns:{node}"))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if entries:
+                    pipe.hdel(self.key("owners"), *entries)
+                pipe.delete(self.key(f"conns:{node}"))
+                pipe.hdel(self.key("nodes"), node)
+                await pipe.execute()
+            runner_log.warning(
+                "cluster: node %s lost; running on_disconnect for its %d connections",
+                node,
+                len(entries),
+            )
+            for connection_id, raw in entries.items():
+                self._spawn(self._lost(str(connection_id), json.loads(raw)))
 
     async def _heartbeat(self) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -124,7 +155,8 @@ class ClusterNode:
     async def _register(self, connection_id: str, description: dict[str, Any]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.key("owners"), connection_id, self.node_id)
-            pipe.hset(self.key(f"conns:{self.node_id}"), connection_id, json.dumps(description))
+            entry = json.dumps(description, default=str)
+            pipe.hset(self.key(f"conns:{self.node_id}"), connection_id, entry)
             await pipe.execute()
 
     async def _unregister(self, connection_id: str) -> None:

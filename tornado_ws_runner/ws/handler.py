@@ -23,7 +23,7 @@ import tornado.iostream
 import tornado.web
 import tornado.websocket
 
-from ..engine import ErrorResponse, Event, Response, StreamResponse
+from ..engine import ErrorResponse, Event, Identity, Response, StreamResponse
 from ..errors import ConnectionGone
 from ..log import access, runner_log
 from ..runtime import Phase, RunnerState
@@ -171,7 +171,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         """on_connect passed (or there is none): the connection is addressable."""
         conn.accepted = True
         if self.state.cluster is not None:
-            self.state.cluster.registered(conn.id, conn.describe())
+            entry = {**conn.describe(), "identity": _identity_entry(conn.identity)}
+            self.state.cluster.registered(conn.id, entry)
 
     def on_close(self) -> None:
         if self.conn is not None:
@@ -339,6 +340,29 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
                 await _close(chunks, response.body)
             except Exception as exc:
                 runner_log.warning("%s stream producer failed to close: %r", conn.id, exc)
+
+
+def _identity_entry(identity: Any) -> dict[str, Any] | None:
+    """The identity as the directory keeps it, for on_disconnect on another node."""
+    if not isinstance(identity, Identity):
+        return None
+    fields = ("id", "issuer", "name", "email", "claims")
+    return {name: getattr(identity, name) for name in fields}
+
+
+async def disconnect_lost(state: RunnerState, connection_id: str, entry: dict[str, Any]) -> None:
+    """on_disconnect for a connection of a lost node (cluster mode), run here once, with
+    its id, its identity and ``disconnect-reason: node-lost``."""
+    if not state.service.has_event("on_disconnect"):
+        return
+    identity = None
+    if entry.get("identity"):
+        saved = entry["identity"]
+        identity = Identity(saved.get("id"), saved.get("claims") or ())
+        identity.issuer, identity.name = saved.get("issuer"), saved.get("name")
+        identity.email = saved.get("email")
+    headers = {"connection-id": connection_id, "disconnect-reason": "node-lost"}
+    await state.service.process(Event(codec.disconnect_request(headers), identity=identity))
 
 
 async def _aiter(body: Any) -> AsyncIterator[Any]:
