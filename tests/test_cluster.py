@@ -15,20 +15,15 @@ from typing import Any
 
 import redis
 from procutil import Spawner, call, connect, write_runner
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
-from wsutil import PROBE, Serve, ask, closed_with, recv, tornado_connect, until, ws_url
-
-
-async def http(runner: Any, method: str, path: str, body: Any = None) -> HTTPResponse:
-    data = None if body is None else json.dumps(body)
-    return await AsyncHTTPClient().fetch(
-        f"http://127.0.0.1:{runner.ports['management']}{path}",
-        method=method,
-        body=data,
-        headers={"Content-Type": "application/json"},
-        raise_error=False,
-        request_timeout=10,
-    )
+from wsutil import (
+    PROBE,
+    Serve,
+    closed_with,
+    identified_client,
+    management,
+    recv,
+    until,
+)
 
 
 async def node(serve: Serve, redis_url: str, name: str, **cluster: Any) -> Any:
@@ -36,14 +31,8 @@ async def node(serve: Serve, redis_url: str, name: str, **cluster: Any) -> Any:
     return await serve(cluster={**settings, **cluster})
 
 
-async def client(runner: Any) -> tuple[Any, str]:
-    conn = await tornado_connect(ws_url(runner))
-    await ask(conn, {"name": "echo", "headers": {"message-id": "id"}})
-    return conn, str(PROBE.events[-1].request.headers["connection-id"])
-
-
 async def listed(runner: Any) -> list[str]:
-    answer = await http(runner, "GET", "/@connections")
+    answer = await management(runner, "GET", "/@connections")
     assert answer.code == 200, answer.body
     return sorted(json.loads(answer.body))
 
@@ -52,30 +41,30 @@ async def test_either_node_lists_describes_posts_to_and_closes_any_connection(
     serve: Serve, redis_url: str
 ) -> None:
     a, b = await node(serve, redis_url, "node-a"), await node(serve, redis_url, "node-b")
-    on_a, a_id = await client(a)
-    on_b, b_id = await client(b)
+    on_a, a_id = await identified_client(a)
+    on_b, b_id = await identified_client(b)
     await until_listed(a, {a_id, b_id})
     assert await listed(b) == sorted([a_id, b_id])
 
-    described = json.loads((await http(b, "GET", f"/@connections/{a_id}")).body)
+    described = json.loads((await management(b, "GET", f"/@connections/{a_id}")).body)
     assert described["connectionId"] == a_id and described["node"] == "node-a"
-    local = json.loads((await http(a, "GET", f"/@connections/{a_id}")).body)
+    local = json.loads((await management(a, "GET", f"/@connections/{a_id}")).body)
     assert local["node"] == "node-a"
 
-    posted = await http(b, "POST", f"/@connections/{a_id}", {"from": "b"})
+    posted = await management(b, "POST", f"/@connections/{a_id}", {"from": "b"})
     assert posted.code == 200, posted.body
     assert json.loads(posted.body) == {"connectionId": a_id, "delivered": True}
     assert (await recv(on_a))["body"] == {"from": "b"}
 
-    nodes = json.loads((await http(a, "GET", "/@nodes")).body)
+    nodes = json.loads((await management(a, "GET", "/@nodes")).body)
     assert sorted(n["nodeId"] for n in nodes) == ["node-a", "node-b"]
     assert all(n["connections"] == 1 and n["lastHeartbeat"].endswith("Z") for n in nodes)
 
-    assert (await http(a, "DELETE", f"/@connections/{b_id}")).code == 204
+    assert (await management(a, "DELETE", f"/@connections/{b_id}")).code == 204
     assert await closed_with(on_b) == (1000, "closed by management")
     await until_listed(a, {a_id})
-    assert (await http(a, "POST", f"/@connections/{b_id}", {"x": 1})).code == 410
-    assert (await http(a, "GET", f"/@connections/{b_id}")).code == 410
+    assert (await management(a, "POST", f"/@connections/{b_id}", {"x": 1})).code == 410
+    assert (await management(a, "GET", f"/@connections/{b_id}")).code == 410
     on_a.close()
 
 
@@ -95,7 +84,7 @@ async def test_a_node_that_does_not_answer_gives_504(serve: Serve, redis_url: st
     store.zadd(f"{prefix}heartbeats", {"silent": time.time() + 60})
     store.hset(f"{prefix}owners", "ghost", "silent")
     store.hset(f"{prefix}conns:silent", "ghost", "{}")
-    answer = await http(a, "POST", "/@connections/ghost", {"x": 1})
+    answer = await management(a, "POST", "/@connections/ghost", {"x": 1})
     assert answer.code == 504, answer.body
     assert json.loads(answer.body)["statusCode"] == 504
     store.close()
@@ -108,15 +97,15 @@ async def test_without_redis_cluster_calls_answer_503_and_local_ones_work(
 
     with redis_server(tmp_path) as url:
         a = await node(serve, url, "node-a")
-        conn, cid = await client(a)
+        conn, cid = await identified_client(a)
         await until_listed(a, {cid})
     # redis-server has stopped
-    assert (await http(a, "GET", "/@connections")).code == 503
-    assert (await http(a, "GET", "/@connections/elsewhere")).code == 503
-    posted = await http(a, "POST", f"/@connections/{cid}", {"still": "local"})
+    assert (await management(a, "GET", "/@connections")).code == 503
+    assert (await management(a, "GET", "/@connections/elsewhere")).code == 503
+    posted = await management(a, "POST", f"/@connections/{cid}", {"still": "local"})
     assert posted.code == 200
     assert (await recv(conn))["body"] == {"still": "local"}
-    assert (await http(a, "GET", "/healthz")).code == 200
+    assert (await management(a, "GET", "/healthz")).code == 200
     conn.close()
 
 
@@ -142,7 +131,7 @@ def test_a_killed_node_is_claimed_once_and_its_connections_get_on_disconnect(
         assert headers["connection-id"] == doomed_id
         assert headers["disconnect-reason"] == "node-lost"
         assert await listed(survivor) == []
-        nodes = json.loads((await http(survivor, "GET", "/@nodes")).body)
+        nodes = json.loads((await management(survivor, "GET", "/@nodes")).body)
         assert [n["nodeId"] for n in nodes] == ["survivor"]
         ws.close()
 

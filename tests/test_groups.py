@@ -8,41 +8,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
-from wsutil import PROBE, Serve, ask, bounded, recv, tornado_connect, until, ws_url
-
-
-async def http(runner: Any, method: str, path: str, body: Any = None) -> HTTPResponse:
-    data = None if body is None else json.dumps(body)
-    if data is None and method in ("POST", "PUT"):
-        data = ""
-    return await AsyncHTTPClient().fetch(
-        f"http://127.0.0.1:{runner.ports['management']}{path}",
-        method=method,
-        body=data,
-        headers={"Content-Type": "application/json"},
-        raise_error=False,
-    )
+from wsutil import (
+    Serve,
+    ask,
+    bounded,
+    identified_client,
+    management,
+    recv,
+    until,
+)
 
 
 async def members(runner: Any, group: str) -> list[str]:
-    answer = await http(runner, "GET", f"/@groups/{group}")
+    answer = await management(runner, "GET", f"/@groups/{group}")
     assert answer.code == 200
     return list(json.loads(answer.body))
-
-
-async def client(runner: Any) -> tuple[Any, str]:
-    """A connected client and its connection id (the one the echo handler saw)."""
-    conn = await tornado_connect(ws_url(runner))
-    await ask(conn, {"name": "echo", "headers": {"message-id": "id"}})
-    return conn, str(PROBE.events[-1].request.headers["connection-id"])
 
 
 async def test_handlers_join_and_a_group_post_reaches_every_member(serve: Serve) -> None:
     """Two clients join "room" from their handlers (one also "other"); a POST to the
     group reaches both, answered with the count; leave_group takes one out."""
     runner = await serve()
-    (a, a_id), (b, b_id) = await client(runner), await client(runner)
+    (a, a_id), (b, b_id) = await identified_client(runner), await identified_client(runner)
     assert (await ask(a, {"name": "join", "payload": {"groups": ["room", "other"]}}))[
         "statusCode"
     ] == 200
@@ -50,7 +37,7 @@ async def test_handlers_join_and_a_group_post_reaches_every_member(serve: Serve)
     assert await members(runner, "room") == [a_id, b_id]
     assert await members(runner, "other") == [a_id]
 
-    answer = await http(runner, "POST", "/@groups/room", {"hello": "room"})
+    answer = await management(runner, "POST", "/@groups/room", {"hello": "room"})
     assert answer.code == 200
     assert json.loads(answer.body) == {"group": "room", "recipients": 2}
     for conn in (a, b):
@@ -68,28 +55,28 @@ async def test_the_management_api_adds_and_removes_members(serve: Serve) -> None
     """PUT adds (204), DELETE removes (204), an unknown connection is 410, an unknown
     group lists as []."""
     runner = await serve()
-    conn, cid = await client(runner)
-    assert (await http(runner, "PUT", f"/@groups/ops/{cid}")).code == 204
+    conn, cid = await identified_client(runner)
+    assert (await management(runner, "PUT", f"/@groups/ops/{cid}")).code == 204
     assert await members(runner, "ops") == [cid]
-    assert (await http(runner, "PUT", "/@groups/ops/no-such-id")).code == 410
-    assert (await http(runner, "DELETE", f"/@groups/ops/{cid}")).code == 204
+    assert (await management(runner, "PUT", "/@groups/ops/no-such-id")).code == 410
+    assert (await management(runner, "DELETE", f"/@groups/ops/{cid}")).code == 204
     assert await members(runner, "ops") == []
     assert await members(runner, "never-made") == []
-    empty = await http(runner, "POST", "/@groups/never-made", {"x": 1})
+    empty = await management(runner, "POST", "/@groups/never-made", {"x": 1})
     assert json.loads(empty.body) == {"group": "never-made", "recipients": 0}
     conn.close()
 
 
 async def test_a_closed_connection_leaves_all_its_groups(serve: Serve) -> None:
     runner = await serve()
-    conn, cid = await client(runner)
-    stays, stays_id = await client(runner)
+    conn, cid = await identified_client(runner)
+    stays, stays_id = await identified_client(runner)
     await ask(conn, {"name": "join", "payload": {"groups": ["g1", "g2"]}})
     await ask(stays, {"name": "join", "payload": {"groups": ["g1"]}})
     conn.close()
     await until(lambda: runner.state.registry.get(cid) is None, "the close seen")
     assert await members(runner, "g1") == [stays_id]
     assert await members(runner, "g2") == []
-    answer = await bounded(http(runner, "POST", "/@groups/g1", "hi"))
+    answer = await bounded(management(runner, "POST", "/@groups/g1", "hi"))
     assert json.loads(answer.body)["recipients"] == 1
     stays.close()

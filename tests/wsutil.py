@@ -26,9 +26,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import tornado.httpclient
 import tornado.ioloop
 import tornado.websocket
-from tornado.httpclient import HTTPRequest
+from tornado.httpclient import HTTPRequest, HTTPResponse
 
 from tornado_ws_runner.runner import WsRunner
 from tornado_ws_runner.settings import RunnerSettings
@@ -243,6 +244,29 @@ def redis_server(folder: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)
+
+
+async def management(runner: WsRunner, method: str, path: str, body: Any = None) -> HTTPResponse:
+    """A request to the runner's management port; ``body`` is sent as JSON."""
+    data = None if body is None else json.dumps(body)
+    if data is None and method in ("POST", "PUT"):
+        data = ""
+    return await tornado.httpclient.AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{runner.ports['management']}{path}",
+        method=method,
+        body=data,
+        headers={"Content-Type": "application/json"},
+        raise_error=False,
+        request_timeout=TIMEOUT,
+    )
+
+
+async def identified_client(runner: WsRunner) -> tuple[Any, str]:
+    """A client of the WebSocket fixture service and its connection id (as the echo
+    handler saw it)."""
+    conn = await tornado_connect(ws_url(runner))
+    await ask(conn, {"name": "echo", "headers": {"message-id": "id"}})
+    return conn, str(PROBE.events[-1].request.headers["connection-id"])
 
 
 def ws_url(runner: WsRunner, path: str = "/any/path?x=1", tls: bool = False) -> str:
