@@ -32,6 +32,8 @@ from wsutil import (
     bounded,
     closed_with,
     free_port,
+    identified_client,
+    management,
     recv,
     registry,
     send,
@@ -724,3 +726,35 @@ async def test_run_blocks_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_on_disconnect_says_who_ended_the_connection(serve: Any) -> None:
+    """disconnect-reason: client (it closed), server (on_connect refused it, 1008),
+    management (DELETE), shutdown (the runner stopped)."""
+    runner = await serve()
+    by_client, client_id = await identified_client(runner)
+    by_management, management_id = await identified_client(runner)
+    at_shutdown, shutdown_id = await identified_client(runner)
+    refused = await tornado_connect(ws_url(runner, "/?reject=raise&reason=Denied."))
+    assert await closed_with(refused) == (1008, "Denied.")
+    server_id = str(PROBE.connects[-1].request.headers["connection-id"])
+    by_client.close()
+    assert (await management(runner, "DELETE", f"/@connections/{management_id}")).code == 204
+
+    def reasons() -> dict[str, str]:
+        return {
+            e.request.headers["connection-id"]: e.request.headers["disconnect-reason"]
+            for e in PROBE.disconnects
+        }
+
+    await until(lambda: len(reasons()) == 3, "three connections ended")
+    await runner.stop()
+    await until(lambda: len(reasons()) == 4, "the fourth ended by the shutdown")
+    assert reasons() == {
+        client_id: "client",
+        server_id: "server",
+        management_id: "management",
+        shutdown_id: "shutdown",
+    }
+    for conn in (by_management, at_shutdown):
+        conn.close()

@@ -408,7 +408,7 @@ class WsRunner:
             await asyncio.wait(set(state.tasks), timeout=timeout)
         closed = len(state.registry)
         for conn in state.registry:
-            conn.close(1001, "Going Away")
+            conn.close(1001, "Going Away", by="shutdown")
         remaining = max(0.0, deadline - time.monotonic())
         if state.tasks:
             await asyncio.wait(set(state.tasks), timeout=max(remaining, 1.0))

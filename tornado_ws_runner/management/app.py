@@ -396,7 +396,7 @@ class ConnectionHandler(_ConnectionRoute):
             await self.forwarded("delete", connection_id, None)
             return
         conn = self.connection(connection_id)
-        conn.close(1000, CLOSE_REASON)
+        conn.close(1000, CLOSE_REASON, by="management")
         management_log.info("closed %s on request from %s", conn.id, self.request.remote_ip)
         self.set_status(204)
         self.finish()
@@ -465,7 +465,7 @@ async def answer_forwarded(
     if conn is None or conn.closing:
         return 410, None
     if op == "delete":
-        conn.close(1000, CLOSE_REASON)
+        conn.close(1000, CLOSE_REASON, by="management")
         management_log.info("closed %s on a request forwarded by another node", conn.id)
         return 204, None
     if op == "post" and frame is not None:

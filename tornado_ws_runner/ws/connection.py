@@ -36,6 +36,7 @@ class Connection(Sender):
     __slots__ = (
         "accepted",
         "close_code",
+        "closed_by",
         "connected_at",
         "connecting",
         "groups",
@@ -81,6 +82,9 @@ class Connection(Sender):
         #: Called once when the connection closes, by whichever path (runs on_disconnect).
         self.on_closed: Callable[[Connection], None] | None = None
         self.close_code: int | None = None
+        #: Who ended it, as on_disconnect's ``disconnect-reason`` header says: client,
+        #: server, management or shutdown (node-lost comes from cluster mode).
+        self.closed_by = "client"
         self.in_flight = 0
         #: The groups it is in (registry.py), made at the first join.
         self.groups: set[str] | None = None
@@ -106,6 +110,13 @@ class Connection(Sender):
         else:
             frame = codec.strict_dumps(response)
         await self.send(frame)
+
+    def close(self, code: int = 1000, reason: str = "", by: str = "server") -> bool:
+        """Closes the connection from the server's side (``by``: who asked); True when
+        this call started it."""
+        if not self.closing:
+            self.closed_by = by
+        return super().close(code, reason)
 
     def mark_closed(self, code: int | None = None) -> bool:
         """Takes the connection out of the registry; True only the first time, when

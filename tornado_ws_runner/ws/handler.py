@@ -203,7 +203,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             access.line("%s closed (%s)", conn.id, conn.close_code or self.close_code or "-")
         if not state.service.has_event("on_disconnect"):
             return
-        event = Event(codec.disconnect_request(conn.headers), identity=conn.identity)
+        headers = {**conn.headers, "disconnect-reason": conn.closed_by}
+        event = Event(codec.disconnect_request(headers), identity=conn.identity)
         started = time.perf_counter()
         response = await state.service.process(event)
         self._log_event(conn, event, response, started)
