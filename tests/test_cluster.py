@@ -136,3 +136,48 @@ def test_a_killed_node_is_claimed_once_and_its_connections_get_on_disconnect(
         ws.close()
 
     io_loop.run_sync(scenario, timeout=30)
+
+
+async def test_after_redis_restarts_empty_the_nodes_register_again_and_forward(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """Redis goes away and comes back with nothing (no persistence): each node
+    reconnects, subscribes anew and writes its connections again, so listing and
+    forwarding work as before."""
+    from wsutil import redis_server
+
+    with redis_server(tmp_path) as url:
+        a = await node(serve, url, "node-a")
+        b = await node(serve, url, "node-b", forward_timeout=0.5)
+        conn, cid = await identified_client(a)
+        await until_listed(b, {cid})
+    assert (await management(b, "GET", "/@connections")).code == 503
+    with redis_server(tmp_path):
+        await until_listed(b, {cid})
+        for _ in range(100):  # node-a resubscribes on its own schedule: bounded retries
+            posted = await management(b, "POST", f"/@connections/{cid}", {"after": "restart"})
+            if posted.code == 200:
+                break
+        assert posted.code == 200, posted.body
+        assert (await recv(conn))["body"] == {"after": "restart"}
+        assert a.state.cluster is not None and a.state.cluster.reconnects >= 1
+        conn.close()
+
+
+async def test_a_node_declared_lost_closes_its_clients_with_1012_and_no_second_disconnect(
+    serve: Serve, redis_url: str
+) -> None:
+    """The cluster took node-a for lost (a claimer's tombstone, as after a partition
+    longer than node_timeout): node-a closes its clients with 1012 at its next heartbeat
+    and runs no on_disconnect for them (the claimer did)."""
+    a = await node(serve, redis_url, "node-a")
+    conn, _ = await identified_client(a)
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    store.set("tornado-ws-runner:lost:node-a", "1")
+    code, _ = await closed_with(conn)
+    assert code == 1012
+    await until(lambda: not a.state.registry.ids(), "the client gone from the registry")
+    await until(lambda: not a.state.tasks, "its close handled (on_disconnect or not)")
+    assert PROBE.disconnects == []
+    assert store.exists("tornado-ws-runner:lost:node-a") == 0
+    store.close()

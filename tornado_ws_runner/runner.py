@@ -36,6 +36,7 @@ from .settings import (
     is_live,
     tls_context,
 )
+from .ws.connection import DECLARED_LOST
 from .ws.handler import ClientHandler, disconnect_lost
 from .ws.keepalive import KeepAlive
 from .ws.registry import Registry
@@ -60,6 +61,30 @@ def _bind(host: str, port: int, what: str, reuse_port: bool = False) -> list[soc
                 f"cannot listen for {what} on {host}:{port}: port {port} is in use"
             ) from None
         raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+
+
+class _ClusterHost:
+    """The daemon as its cluster node sees it (cluster/node.py's Host)."""
+
+    def __init__(self, state: RunnerState) -> None:
+        self.state = state
+
+    async def answer(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
+        return await answer_forwarded(self.state, op, connection_id, frame)
+
+    async def lost(self, connection_id: str, entry: dict[str, Any]) -> None:
+        await disconnect_lost(self.state, connection_id, entry)
+
+    def owned(self) -> dict[str, dict[str, Any]]:
+        return {
+            conn.id: conn.directory_entry()
+            for conn in self.state.registry
+            if conn.accepted and not conn.closing
+        }
+
+    def declared_lost(self) -> None:
+        for conn in self.state.registry:
+            conn.close(1012, "Service Restart", by=DECLARED_LOST)
 
 
 def _dotted(settings: RunnerSettings, key: str) -> Any:
@@ -241,14 +266,8 @@ class WsRunner:
 
     async def _join_cluster(self, state: RunnerState) -> None:
         """Cluster mode: this daemon joins the others through Redis before it serves."""
-        async def remote(op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
-            return await answer_forwarded(state, op, connection_id, frame)
-
-        async def lost(connection_id: str, entry: dict[str, Any]) -> None:
-            await disconnect_lost(state, connection_id, entry)
-
         s = self.settings
-        node = ClusterNode(s.cluster, s.management.base_url(), remote, lost)
+        node = ClusterNode(s.cluster, s.management.base_url(), _ClusterHost(state))
         try:
             await node.start()
         except (OSError, RedisError) as exc:

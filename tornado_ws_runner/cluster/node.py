@@ -18,13 +18,15 @@ Listing the cluster reads the directory (the live nodes' hashes), never asks the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -32,7 +34,7 @@ from redis.exceptions import RedisError
 from ..log import runner_log
 from ..settings import Cluster
 
-__all__ = ["ClusterNode", "ClusterUnavailable", "ForwardTimeout", "Remote"]
+__all__ = ["ClusterNode", "ClusterUnavailable", "ForwardTimeout", "Host"]
 
 
 class ClusterUnavailable(Exception):
@@ -43,12 +45,32 @@ class ForwardTimeout(Exception):
     """The owning node did not answer within ``cluster.forward_timeout``: 504."""
 
 
-#: What a node does for a call forwarded to it: (operation, connection id, frame) ->
-#: (HTTP status, JSON body or None).
-Remote = Callable[[str, str, str | None], Awaitable[tuple[int, Any]]]
-#: What the node that claims a lost node does for each of its connections: run
-#: on_disconnect with (connection id, the directory's entry for it).
-Lost = Callable[[str, dict[str, Any]], Awaitable[None]]
+class Host(Protocol):
+    """What the node needs of the daemon it runs in."""
+
+    async def answer(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
+        """A call another node forwarded for one of this daemon's connections:
+        (HTTP status, JSON body or None), as the local route would answer."""
+        ...
+
+    async def lost(self, connection_id: str, entry: dict[str, Any]) -> None:
+        """on_disconnect for a connection of a lost node this node claimed."""
+        ...
+
+    def owned(self) -> dict[str, dict[str, Any]]:
+        """This daemon's accepted connections, as the directory holds them."""
+        ...
+
+    def declared_lost(self) -> None:
+        """The cluster took this node for lost (it was cut off from Redis too long): its
+        clients are closed with 1012, without on_disconnect (that ran elsewhere)."""
+        ...
+
+
+#: Seconds a lost node's tombstone stays, for the node itself to find if it comes back.
+TOMBSTONE_SECONDS = 86_400
+#: Seconds before the first and at most between later attempts to reach Redis again.
+RETRY_FIRST, RETRY_MOST = 0.1, 5.0
 
 
 def default_node_id() -> str:
@@ -58,14 +80,14 @@ def default_node_id() -> str:
 class ClusterNode:
     """This daemon's part in the cluster (cluster mode only)."""
 
-    def __init__(
-        self, settings: Cluster, management_url: str, remote: Remote, lost: Lost
-    ) -> None:
+    def __init__(self, settings: Cluster, management_url: str, host: Host) -> None:
         self.settings = settings
-        self._lost = lost
+        self._host = host
+        #: Redis answered the last call (a gauge of the metrics).
+        self.up = False
+        self.reconnects = 0
         self.node_id = settings.node_id or default_node_id()
         self.management_url = management_url
-        self._remote = remote
         self._prefix = settings.key_prefix
         self._redis: redis.Redis = redis.from_url(str(settings.redis_url), decode_responses=True)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -84,6 +106,7 @@ class ClusterNode:
         cannot be reached, so a daemon configured for a cluster does not start alone)."""
         await self._heartbeat()
         await self._pubsub.subscribe(self.key(f"node:{self.node_id}"))
+        self.up = True
         self._listener = asyncio.ensure_future(self._listen())
         self._beater = asyncio.ensure_future(self._beat())
         runner_log.info("cluster: node %s joined", self.node_id)
@@ -111,6 +134,7 @@ class ClusterNode:
                 await self._heartbeat()
                 await self._claim_lost_nodes()
             except RedisError as exc:
+                self.up = False
                 runner_log.warning("cluster: heartbeat failed: %s", exc)
 
     async def _claim_lost_nodes(self) -> None:
@@ -128,6 +152,8 @@ class ClusterNode:
                     pipe.hdel(self.key("owners"), *entries)
                 pipe.delete(self.key(f"conns:{node}"))
                 pipe.hdel(self.key("nodes"), node)
+                # For the node itself, should it come back: it must not keep these.
+                pipe.set(self.key(f"lost:{node}"), "1", ex=TOMBSTONE_SECONDS)
                 await pipe.execute()
             runner_log.warning(
                 "cluster: node %s lost; running on_disconnect for its %d connections",
@@ -135,9 +161,20 @@ class ClusterNode:
                 len(entries),
             )
             for connection_id, raw in entries.items():
-                self._spawn(self._lost(str(connection_id), json.loads(raw)))
+                self._spawn(self._host.lost(str(connection_id), json.loads(raw)))
 
     async def _heartbeat(self) -> None:
+        """Says this node is alive; first, if the cluster has taken it for lost while it
+        was cut off (a claimer left a tombstone), it closes its clients (1012) rather
+        than come back with connections the cluster already reported gone."""
+        tombstone = self.key(f"lost:{self.node_id}")
+        if await self._redis.delete(tombstone):
+            runner_log.error(
+                "cluster: node %s was declared lost while cut off from Redis; "
+                "closing its clients (1012)",
+                self.node_id,
+            )
+            self._host.declared_lost()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.key("heartbeats"), {self.node_id: time.time()})
             pipe.hset(self.key("nodes"), self.node_id, self.management_url)
@@ -256,20 +293,62 @@ class ClusterNode:
             self._waiting.pop(rid, None)
 
     async def _listen(self) -> None:
-        async for message in self._pubsub.listen():
+        """Takes calls and answers from this node's channel; when Redis goes away, comes
+        back with backoff and jitter, subscribes anew (redis-py's pub/sub does not do it
+        reliably by itself) and writes again what this node owns (Redis may have
+        restarted empty)."""
+        delay = RETRY_FIRST
+        while True:
             try:
-                data = json.loads(message["data"])
-            except (TypeError, ValueError):
-                continue
-            if "reply" in data:
-                waiting = self._waiting.get(data.get("rid"))
-                if waiting is not None and not waiting.done():
-                    waiting.set_result((int(data["reply"]), data.get("body")))
-            else:
-                self._spawn(self._answer(data))
+                async for message in self._pubsub.listen():
+                    self._take(message)
+            except RedisError as exc:
+                self.up = False
+                runner_log.warning("cluster: lost Redis (%s); reconnecting", exc)
+            while True:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, RETRY_MOST)
+                try:
+                    await self._rejoin()
+                except RedisError:
+                    continue
+                delay = RETRY_FIRST
+                break
+
+    async def _rejoin(self) -> None:
+        await self._heartbeat()
+        old, self._pubsub = self._pubsub, self._redis.pubsub(ignore_subscribe_messages=True)
+        with contextlib.suppress(RedisError, OSError):
+            await old.aclose()
+        await self._pubsub.subscribe(self.key(f"node:{self.node_id}"))
+        owned = self._host.owned()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for connection_id, entry in owned.items():
+                pipe.hset(self.key("owners"), connection_id, self.node_id)
+                pipe.hset(
+                    self.key(f"conns:{self.node_id}"),
+                    connection_id,
+                    json.dumps(entry, default=str),
+                )
+            await pipe.execute()
+        self.up = True
+        self.reconnects += 1
+        runner_log.info("cluster: back on Redis, %d connections registered again", len(owned))
+
+    def _take(self, message: dict[str, Any]) -> None:
+        try:
+            data = json.loads(message["data"])
+        except (TypeError, ValueError):
+            return
+        if "reply" in data:
+            waiting = self._waiting.get(data.get("rid"))
+            if waiting is not None and not waiting.done():
+                waiting.set_result((int(data["reply"]), data.get("body")))
+        else:
+            self._spawn(self._answer(data))
 
     async def _answer(self, call: dict[str, Any]) -> None:
-        status, body = await self._remote(call["op"], call["id"], call.get("frame"))
+        status, body = await self._host.answer(call["op"], call["id"], call.get("frame"))
         reply = {"rid": call["rid"], "reply": status, "body": body}
         await self._redis.publish(self.key(f"node:{call['from']}"), json.dumps(reply))
 

@@ -12,14 +12,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..engine import Response
+from ..engine import Identity, Response
 from . import codec
 from .sender import Sender, SendWatch, Socket
 
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["Connection"]
+__all__ = ["DECLARED_LOST", "Connection"]
+
+#: ``closed_by`` of the connections of a node the cluster declared lost: their
+#: on_disconnect ran on the node that claimed it, so it does not run here again.
+DECLARED_LOST = "declared-lost"
 
 
 def _iso(timestamp: float) -> str:
@@ -101,6 +105,16 @@ class Connection(Sender):
             "userAgent": self.user_agent,
             "subprotocol": self.subprotocol,
         }
+
+    def directory_entry(self) -> dict[str, Any]:
+        """What cluster mode's directory holds of it: what the management API describes,
+        and the identity, for an on_disconnect on another node."""
+        identity = self.identity
+        saved = None
+        if isinstance(identity, Identity):
+            fields = ("id", "issuer", "name", "email", "claims")
+            saved = {name: getattr(identity, name) for name in fields}
+        return {**self.describe(), "identity": saved}
 
     async def push(self, response: Response | dict[str, Any]) -> None:
         """Sends an out-of-band frame to this client (the ``push-function`` header);

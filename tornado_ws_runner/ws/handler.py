@@ -28,7 +28,7 @@ from ..errors import ConnectionGone
 from ..log import access, runner_log
 from ..runtime import Phase, RunnerState
 from . import codec, groups
-from .connection import Connection
+from .connection import DECLARED_LOST, Connection
 
 __all__ = ["ClientHandler"]
 
@@ -171,8 +171,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         """on_connect passed (or there is none): the connection is addressable."""
         conn.accepted = True
         if self.state.cluster is not None:
-            entry = {**conn.describe(), "identity": _identity_entry(conn.identity)}
-            self.state.cluster.registered(conn.id, entry)
+            self.state.cluster.registered(conn.id, conn.directory_entry())
 
     def on_close(self) -> None:
         if self.conn is not None:
@@ -201,7 +200,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             await asyncio.wait([connecting])  # on_connect first, and its identity
         if state.settings.logging.access:
             access.line("%s closed (%s)", conn.id, conn.close_code or self.close_code or "-")
-        if not state.service.has_event("on_disconnect"):
+        if not state.service.has_event("on_disconnect") or conn.closed_by == DECLARED_LOST:
             return
         headers = {**conn.headers, "disconnect-reason": conn.closed_by}
         event = Event(codec.disconnect_request(headers), identity=conn.identity)
@@ -341,14 +340,6 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
                 await _close(chunks, response.body)
             except Exception as exc:
                 runner_log.warning("%s stream producer failed to close: %r", conn.id, exc)
-
-
-def _identity_entry(identity: Any) -> dict[str, Any] | None:
-    """The identity as the directory keeps it, for on_disconnect on another node."""
-    if not isinstance(identity, Identity):
-        return None
-    fields = ("id", "issuer", "name", "email", "claims")
-    return {name: getattr(identity, name) for name in fields}
 
 
 async def disconnect_lost(state: RunnerState, connection_id: str, entry: dict[str, Any]) -> None:
