@@ -65,6 +65,15 @@ async def test_either_node_lists_describes_posts_to_and_closes_any_connection(
     await until_listed(a, {a_id})
     assert (await management(a, "POST", f"/@connections/{b_id}", {"x": 1})).code == 410
     assert (await management(a, "GET", f"/@connections/{b_id}")).code == 410
+
+    exported = (await management(b, "GET", "/metrics")).body.decode()
+    for line in (
+        "twr_cluster_nodes_alive 2.0",
+        "twr_cluster_redis_up 1.0",
+        'twr_cluster_forwarded_total{outcome="answered"} 1.0',
+        "twr_cluster_forward_seconds_count 1.0",
+    ):
+        assert line in exported.splitlines(), line
     on_a.close()
 
 

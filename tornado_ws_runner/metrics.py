@@ -11,6 +11,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from itertools import accumulate
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
@@ -18,6 +19,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -131,6 +133,40 @@ class _EventCounters(Collector):
         yield created
 
 
+class _ClusterCounters(Collector):
+    """Cluster mode's figures, as the node keeps them (cluster/node.py), at scrape time."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def collect(self) -> Iterable[Metric]:
+        node = self.node
+        yield GaugeMetricFamily("twr_cluster_nodes_alive", "Live nodes.", node.nodes_alive)
+        yield GaugeMetricFamily("twr_cluster_redis_up", "Redis answers (1) or not (0).", node.up)
+        yield CounterMetricFamily(
+            "twr_cluster_redis_reconnects", "Times Redis came back.", node.reconnects
+        )
+        forwarded = CounterMetricFamily(
+            "twr_cluster_forwarded",
+            "Management calls forwarded to another node, by outcome.",
+            labels=["outcome"],
+        )
+        for outcome, count in node.forwarded.items():
+            forwarded.add_metric([outcome], count)
+        yield forwarded
+        yield SummaryMetricFamily(
+            "twr_cluster_forward_seconds",
+            "Time forwarded management calls took.",
+            count_value=sum(node.forwarded.values()),
+            sum_value=node.forward_seconds,
+        )
+        yield CounterMetricFamily(
+            "twr_cluster_node_lost_disconnects",
+            "on_disconnect runs for the connections of lost nodes this node claimed.",
+            node.node_lost_disconnects,
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -174,6 +210,10 @@ class Metrics:
         """One frame of ``size`` went in."""
         self.messages_in += 1
         self.bytes_in += size
+
+    def watch_cluster(self, node: Any) -> None:
+        """Cluster mode: the node's figures (cluster/node.py) are exported too."""
+        self.registry.register(_ClusterCounters(node))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

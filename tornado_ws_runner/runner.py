@@ -274,6 +274,7 @@ class WsRunner:
             self._close_servers()
             raise StartupError(f"cannot join the cluster at {s.cluster.redis_url}: {exc}") from None
         state.cluster = node
+        state.metrics.watch_cluster(node)
 
     def bind(self) -> None:
         """Binds every port now, so a daemon fails before it detaches from the terminal.

@@ -67,6 +67,8 @@ class Host(Protocol):
         ...
 
 
+#: What became of the management calls this node forwarded (a metric's label).
+FORWARD_OUTCOMES = ("answered", "gone", "timeout", "unavailable")
 #: Seconds a lost node's tombstone stays, for the node itself to find if it comes back.
 TOMBSTONE_SECONDS = 86_400
 #: Seconds before the first and at most between later attempts to reach Redis again.
@@ -83,9 +85,15 @@ class ClusterNode:
     def __init__(self, settings: Cluster, management_url: str, host: Host) -> None:
         self.settings = settings
         self._host = host
-        #: Redis answered the last call (a gauge of the metrics).
+        # What the metrics read (metrics.py): Redis answered the last call; times it
+        # came back; live nodes at the last heartbeat; forwarded calls by outcome and
+        # their seconds; on_disconnect runs for the connections of lost nodes.
         self.up = False
         self.reconnects = 0
+        self.nodes_alive = 0
+        self.forwarded: dict[str, int] = dict.fromkeys(FORWARD_OUTCOMES, 0)
+        self.forward_seconds = 0.0
+        self.node_lost_disconnects = 0
         self.node_id = settings.node_id or default_node_id()
         self.management_url = management_url
         self._prefix = settings.key_prefix
@@ -162,6 +170,7 @@ class ClusterNode:
             )
             for connection_id, raw in entries.items():
                 self._spawn(self._host.lost(str(connection_id), json.loads(raw)))
+                self.node_lost_disconnects += 1
 
     async def _heartbeat(self) -> None:
         """Says this node is alive; first, if the cluster has taken it for lost while it
@@ -176,9 +185,12 @@ class ClusterNode:
             )
             self._host.declared_lost()
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.key("heartbeats"), {self.node_id: time.time()})
+            now = time.time()
+            pipe.zadd(self.key("heartbeats"), {self.node_id: now})
             pipe.hset(self.key("nodes"), self.node_id, self.management_url)
-            await pipe.execute()
+            pipe.zcount(self.key("heartbeats"), now - self.settings.node_timeout, "+inf")
+            *_, self.nodes_alive = await pipe.execute()
+        self.up = True
 
     # -- the directory ---------------------------------------------------------------
 
@@ -274,6 +286,20 @@ class ClusterNode:
     async def forward(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
         """A management call for a connection of another node, answered by that node:
         (status, body); 410 when no live node holds it."""
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            answer = await self._forward(op, connection_id, frame)
+            outcome = "gone" if answer[0] == 410 else "answered"
+            return answer
+        except ForwardTimeout:
+            outcome = "timeout"
+            raise
+        finally:
+            self.forwarded[outcome] += 1
+            self.forward_seconds += time.perf_counter() - started
+
+    async def _forward(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
         try:
             owner = await self._redis.hget(self.key("owners"), connection_id)
             if owner is None or owner not in await self._live_nodes():
