@@ -190,3 +190,22 @@ async def test_a_node_declared_lost_closes_its_clients_with_1012_and_no_second_d
     assert PROBE.disconnects == []
     assert store.exists("tornado-ws-runner:lost:node-a") == 0
     store.close()
+
+
+async def test_two_nodes_share_one_port_with_reuse_port(serve: Serve, redis_url: str) -> None:
+    """listen.reuse_port: a second daemon binds the first one's port; clients reach both
+    through it, and the cluster lists every connection."""
+    a = await serve(
+        listen={"port": 0, "reuse_port": True}, cluster={"redis_url": redis_url, "node_id": "a"}
+    )
+    port = a.ports["listen"]
+    b = await serve(
+        listen={"port": port, "reuse_port": True}, cluster={"redis_url": redis_url, "node_id": "b"}
+    )
+    assert b.ports["listen"] == port
+    clients = [await identified_client(a) for _ in range(8)]  # ws_url(a): the shared port
+    ids = {cid for _, cid in clients}
+    await until_listed(b, ids)
+    assert len(a.state.registry) + len(b.state.registry) == 8
+    for conn, _ in clients:
+        conn.close()
