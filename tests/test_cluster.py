@@ -18,6 +18,7 @@ from procutil import Spawner, call, connect, write_runner
 from wsutil import (
     PROBE,
     Serve,
+    ask,
     closed_with,
     identified_client,
     management,
@@ -209,3 +210,33 @@ async def test_two_nodes_share_one_port_with_reuse_port(serve: Serve, redis_url:
     assert len(a.state.registry) + len(b.state.registry) == 8
     for conn, _ in clients:
         conn.close()
+
+
+async def test_groups_span_the_nodes(serve: Serve, redis_url: str) -> None:
+    """Members on two nodes: either node lists them, a POST to the group reaches them
+    all, a member added through the other node's management port counts, and a closed
+    connection leaves its groups."""
+    a, b = await node(serve, redis_url, "node-a"), await node(serve, redis_url, "node-b")
+    (on_a, a_id), (on_b, b_id) = await identified_client(a), await identified_client(b)
+    await ask(on_a, {"name": "join", "payload": {"groups": ["room"]}})
+    await ask(on_b, {"name": "join", "payload": {"groups": ["room"]}})
+    for either in (a, b):
+        listed_members = json.loads((await management(either, "GET", "/@groups/room")).body)
+        assert listed_members == sorted([a_id, b_id])
+    posted = await management(b, "POST", "/@groups/room", {"to": "room"})
+    assert json.loads(posted.body) == {"group": "room", "recipients": 2}
+    for conn in (on_a, on_b):
+        assert (await recv(conn))["body"] == {"to": "room"}
+
+    assert (await management(b, "PUT", f"/@groups/ops/{a_id}")).code == 204
+    ops = json.loads((await management(a, "GET", "/@groups/ops")).body)
+    assert ops == [a_id]
+    assert (await management(b, "PUT", "/@groups/ops/no-such-id")).code == 410
+
+    on_b.close()
+    for _ in range(200):  # the directory is written as connections go: bounded polls
+        room = json.loads((await management(a, "GET", "/@groups/room")).body)
+        if room == [a_id]:
+            break
+    assert room == [a_id]
+    on_a.close()

@@ -25,7 +25,7 @@ from .cluster.node import ClusterNode
 from .engine import Service
 from .errors import ConfigError, StartupError
 from .log import runner_log
-from .management.app import answer_forwarded, make_management_app
+from .management.app import answer_forwarded, deliver_local, make_management_app
 from .metrics import Metrics
 from .runtime import Phase, RunnerState
 from .settings import (
@@ -81,6 +81,9 @@ class _ClusterHost:
             for conn in self.state.registry
             if conn.accepted and not conn.closing
         }
+
+    async def deliver(self, connection_ids: list[str], frame: str) -> int:
+        return await deliver_local(self.state, connection_ids, frame)
 
     def declared_lost(self) -> None:
         for conn in self.state.registry:

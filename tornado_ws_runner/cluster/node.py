@@ -8,6 +8,8 @@ Redis holds, under ``cluster.key_prefix``:
 - ``owners``: a hash, connection id -> the node that holds it;
 - ``conns:<node>``: a hash per node, connection id -> what ``GET /@connections/{id}``
   shows of it;
+- ``group:<name>``: a set of connection ids; ``groups-of:<id>``: the groups of one
+  connection, so that a disconnect leaves them all in the same round trip;
 - ``node:<node>``: the pub/sub channel of a node, on which it takes forwarded calls and
   the answers to its own.
 
@@ -61,12 +63,32 @@ class Host(Protocol):
         """This daemon's accepted connections, as the directory holds them."""
         ...
 
+    async def deliver(self, connection_ids: list[str], frame: str) -> int:
+        """A group's frame to those of ``connection_ids`` this daemon holds: how many
+        have it flushed."""
+        ...
+
     def declared_lost(self) -> None:
         """The cluster took this node for lost (it was cut off from Redis too long): its
         clients are closed with 1012, without on_disconnect (that ran elsewhere)."""
         ...
 
 
+#: Connections leave the directory and every group they are in. KEYS: owners, the
+#: node's conns hash; ARGV: the key prefix, then the connection ids.
+_FORGET = """
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local member_of = ARGV[1] .. 'groups-of:' .. id
+  for _, group in ipairs(redis.call('SMEMBERS', member_of)) do
+    redis.call('SREM', ARGV[1] .. 'group:' .. group, id)
+  end
+  redis.call('DEL', member_of)
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+return #ARGV - 1
+"""
 #: What became of the management calls this node forwarded (a metric's label).
 FORWARD_OUTCOMES = ("answered", "gone", "timeout", "unavailable")
 #: Seconds a lost node's tombstone stays, for the node itself to find if it comes back.
@@ -99,6 +121,7 @@ class ClusterNode:
         self._prefix = settings.key_prefix
         self._redis: redis.Redis = redis.from_url(str(settings.redis_url), decode_responses=True)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._forget_script = self._redis.register_script(_FORGET)
         self._waiting: dict[str, asyncio.Future[tuple[int, Any]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -155,9 +178,9 @@ class ClusterNode:
             if node == self.node_id or not await self._redis.zrem(self.key("heartbeats"), node):
                 continue
             entries = await self._redis.hgetall(self.key(f"conns:{node}"))
+            if entries:
+                await self._forget(node, [str(cid) for cid in entries])
             async with self._redis.pipeline(transaction=True) as pipe:
-                if entries:
-                    pipe.hdel(self.key("owners"), *entries)
                 pipe.delete(self.key(f"conns:{node}"))
                 pipe.hdel(self.key("nodes"), node)
                 # For the node itself, should it come back: it must not keep these.
@@ -209,10 +232,14 @@ class ClusterNode:
             await pipe.execute()
 
     async def _unregister(self, connection_id: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.key("owners"), connection_id)
-            pipe.hdel(self.key(f"conns:{self.node_id}"), connection_id)
-            await pipe.execute()
+        await self._forget(self.node_id, [connection_id])
+
+    async def _forget(self, node: str, connection_ids: list[str]) -> None:
+        """Connections leave the directory and their groups: one round trip (a script)."""
+        await self._forget_script(
+            keys=[self.key("owners"), self.key(f"conns:{node}")],
+            args=[self._prefix, *connection_ids],
+        )
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(self._logged(work))
@@ -281,6 +308,54 @@ class ClusterNode:
             for i, (node, beat) in enumerate(beats)
         ]
 
+    # -- groups ----------------------------------------------------------------------
+
+    async def join(self, group: str, connection_id: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(self.key(f"group:{group}"), connection_id)
+                pipe.sadd(self.key(f"groups-of:{connection_id}"), group)
+                await pipe.execute()
+        except RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+
+    async def leave(self, group: str, connection_id: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(self.key(f"group:{group}"), connection_id)
+                pipe.srem(self.key(f"groups-of:{connection_id}"), group)
+                await pipe.execute()
+        except RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+
+    async def members(self, group: str) -> list[str]:
+        try:
+            return sorted(map(str, await self._redis.smembers(self.key(f"group:{group}"))))
+        except RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+
+    async def deliver_group(self, group: str, frame: str) -> int:
+        """A group's frame to every member on every node: one call to each node that
+        holds members (none to the others); how many members have it flushed."""
+        try:
+            ids = sorted(map(str, await self._redis.smembers(self.key(f"group:{group}"))))
+            owners = await self._redis.hmget(self.key("owners"), ids) if ids else []
+        except RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+        by_node: dict[str, list[str]] = {}
+        for connection_id, owner in zip(ids, owners, strict=True):
+            if owner is not None:
+                by_node.setdefault(str(owner), []).append(connection_id)
+        local = by_node.pop(self.node_id, [])
+        calls = [self._host.deliver(local, frame)] if local else []
+        calls += [self._deliver_on(node, members, frame) for node, members in by_node.items()]
+        delivered = await asyncio.gather(*calls, return_exceptions=True)
+        return sum(n for n in delivered if isinstance(n, int))
+
+    async def _deliver_on(self, node: str, connection_ids: list[str], frame: str) -> int:
+        status, body = await self._call(node, {"op": "group", "ids": connection_ids}, frame)
+        return int(body["recipients"]) if status == 200 and body else 0
+
     # -- forwarded calls -------------------------------------------------------------
 
     async def forward(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
@@ -304,17 +379,23 @@ class ClusterNode:
             owner = await self._redis.hget(self.key("owners"), connection_id)
             if owner is None or owner not in await self._live_nodes():
                 return 410, None
-            rid = uuid.uuid4().hex
-            waiting = asyncio.get_running_loop().create_future()
-            self._waiting[rid] = waiting
-            call = {"rid": rid, "from": self.node_id, "op": op, "id": connection_id, "frame": frame}
-            await self._redis.publish(self.key(f"node:{owner}"), json.dumps(call))
         except RedisError as exc:
             raise ClusterUnavailable(str(exc)) from None
+        return await self._call(str(owner), {"op": op, "id": connection_id}, frame)
+
+    async def _call(self, node: str, call: dict[str, Any], frame: str | None) -> tuple[int, Any]:
+        """Sends ``call`` to ``node``'s channel and waits for its answer."""
+        rid = uuid.uuid4().hex
+        waiting = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = waiting
+        message = {**call, "rid": rid, "from": self.node_id, "frame": frame}
         try:
+            await self._redis.publish(self.key(f"node:{node}"), json.dumps(message))
             return await asyncio.wait_for(waiting, self.settings.forward_timeout)
+        except RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
         except TimeoutError:
-            raise ForwardTimeout(str(owner)) from None
+            raise ForwardTimeout(node) from None
         finally:
             self._waiting.pop(rid, None)
 
@@ -374,7 +455,11 @@ class ClusterNode:
             self._spawn(self._answer(data))
 
     async def _answer(self, call: dict[str, Any]) -> None:
-        status, body = await self._host.answer(call["op"], call["id"], call.get("frame"))
+        if call["op"] == "group":
+            recipients = await self._host.deliver(list(call["ids"]), str(call["frame"]))
+            status, body = 200, {"recipients": recipients}
+        else:
+            status, body = await self._host.answer(call["op"], call["id"], call.get("frame"))
         reply = {"rid": call["rid"], "reply": status, "body": body}
         await self._redis.publish(self.key(f"node:{call['from']}"), json.dumps(reply))
 

@@ -41,7 +41,7 @@ from ..ws import codec
 from ..ws.connection import Connection
 from .rules import JSON_TYPE, Problem, declared_length, forwarded_headers, message, parse_body
 
-__all__ = ["answer_forwarded", "make_management_app", "read_management_token"]
+__all__ = ["answer_forwarded", "deliver_local", "make_management_app", "read_management_token"]
 
 CLOSE_REASON = "closed by management"
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -418,42 +418,79 @@ class PostAliasHandler(_ConnectionRoute):
 class GroupHandler(_ConnectionRoute):
     """``/@groups/{group}``: its members, and a POST delivered to each of them."""
 
-    def get(self, group: str) -> None:
-        self.send_json(self.state.registry.members(group))
+    async def get(self, group: str) -> None:
+        cluster = self.state.cluster
+        if cluster is None:
+            self.send_json(self.state.registry.members(group))
+            return
+        try:
+            self.send_json(await cluster.members(group))
+        except ClusterUnavailable as exc:
+            raise unavailable(exc) from None
 
     async def post(self, group: str) -> None:
-        """Answers once every member has the frame flushed (or has gone meanwhile)."""
+        """Answers once every member has the frame flushed (or has gone meanwhile); in
+        cluster mode, the members on every node."""
         if self.refused:
             return
         frame = self.frame_of_body()
-        registry = self.state.registry
-        members = [c for c in map(registry.get, registry.members(group)) if c is not None]
-        sent = await asyncio.gather(*(c.send(frame) for c in members), return_exceptions=True)
-        for outcome in sent:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, ConnectionGone):
-                raise outcome
-        recipients = sum(outcome is None for outcome in sent)
-        self.state.metrics.group_deliveries.inc(recipients)
+        cluster = self.state.cluster
+        if cluster is None:
+            recipients = await deliver_local(self.state, self.state.registry.members(group), frame)
+        else:
+            try:
+                recipients = await cluster.deliver_group(group, frame)
+            except ClusterUnavailable as exc:
+                raise unavailable(exc) from None
         self.send_json({"group": group, "recipients": recipients})
 
 
 class GroupMemberHandler(_ConnectionRoute):
     """``/@groups/{group}/{id}``: a connection joins (PUT) or leaves (DELETE) a group."""
 
-    def put(self, group: str, connection_id: str) -> None:
+    async def put(self, group: str, connection_id: str) -> None:
         if self.refused:
             return
-        if not self.state.registry.join(group, self.connection(connection_id).id):
-            raise Problem(410, f"No open connection '{connection_id}'.")
+        cluster = self.state.cluster
+        try:
+            local = self.state.registry.get(connection_id)
+            if (local is None or local.closing) and (
+                cluster is None or await cluster.describe(connection_id) is None
+            ):
+                raise Problem(410, f"No open connection '{connection_id}'.")
+            self.state.registry.join(group, connection_id)
+            if cluster is not None:
+                await cluster.join(group, connection_id)
+        except ClusterUnavailable as exc:
+            raise unavailable(exc) from None
         self.set_status(204)
         self.finish()
 
-    def delete(self, group: str, connection_id: str) -> None:
+    async def delete(self, group: str, connection_id: str) -> None:
         if self.refused:
             return
         self.state.registry.leave(group, connection_id)
+        if self.state.cluster is not None:
+            try:
+                await self.state.cluster.leave(group, connection_id)
+            except ClusterUnavailable as exc:
+                raise unavailable(exc) from None
         self.set_status(204)
         self.finish()
+
+
+async def deliver_local(state: RunnerState, connection_ids: list[str], frame: str) -> int:
+    """A group's frame to each of these connections this daemon holds, at once; how many
+    have it flushed (those gone meanwhile do not count)."""
+    registry = state.registry
+    members = [c for c in map(registry.get, connection_ids) if c is not None]
+    sent = await asyncio.gather(*(c.send(frame) for c in members), return_exceptions=True)
+    for outcome in sent:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, ConnectionGone):
+            raise outcome
+    recipients = sum(outcome is None for outcome in sent)
+    state.metrics.group_deliveries.inc(recipients)
+    return recipients
 
 
 async def answer_forwarded(

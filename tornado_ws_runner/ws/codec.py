@@ -274,9 +274,7 @@ def stream_done(
         return _stream_done(response, sid, None, _unechoable())
 
 
-def _stream_done(
-    response: Response, sid: str, message_id: Any, error: ErrorResponse | None
-) -> str:
+def _stream_done(response: Response, sid: str, message_id: Any, error: ErrorResponse | None) -> str:
     source = error if error is not None else response
     headers = _headers(source, message_id)
     headers["x-stream"] = "done"

@@ -36,9 +36,13 @@ async def join_group(event: Any, name: str) -> None:
     state, connection_id = _connection_of(event)
     if not state.registry.join(str(name), connection_id):
         raise ConnectionGone(connection_id)
+    if state.cluster is not None:
+        await state.cluster.join(str(name), connection_id)
 
 
 async def leave_group(event: Any, name: str) -> None:
     """Takes the event's connection out of group ``name`` (nothing if it was not in it)."""
     state, connection_id = _connection_of(event)
     state.registry.leave(str(name), connection_id)
+    if state.cluster is not None:
+        await state.cluster.leave(str(name), connection_id)
