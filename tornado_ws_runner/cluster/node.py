@@ -311,19 +311,18 @@ class ClusterNode:
     # -- groups ----------------------------------------------------------------------
 
     async def join(self, group: str, connection_id: str) -> None:
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(self.key(f"group:{group}"), connection_id)
-                pipe.sadd(self.key(f"groups-of:{connection_id}"), group)
-                await pipe.execute()
-        except RedisError as exc:
-            raise ClusterUnavailable(str(exc)) from None
+        await self._membership(group, connection_id, joins=True)
 
     async def leave(self, group: str, connection_id: str) -> None:
+        await self._membership(group, connection_id, joins=False)
+
+    async def _membership(self, group: str, connection_id: str, joins: bool) -> None:
+        """The group's set and the connection's set of groups, changed together."""
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.srem(self.key(f"group:{group}"), connection_id)
-                pipe.srem(self.key(f"groups-of:{connection_id}"), group)
+                change = pipe.sadd if joins else pipe.srem
+                change(self.key(f"group:{group}"), connection_id)
+                change(self.key(f"groups-of:{connection_id}"), group)
                 await pipe.execute()
         except RedisError as exc:
             raise ClusterUnavailable(str(exc)) from None
