@@ -122,6 +122,8 @@ class ClusterNode:
         self._redis: redis.Redis = redis.from_url(str(settings.redis_url), decode_responses=True)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._forget_script = self._redis.register_script(_FORGET)
+        self._writes: list[tuple[str, str | None]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[tuple[int, Any]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -144,7 +146,7 @@ class ClusterNode:
 
     async def stop(self) -> None:
         """Leaves the cluster: its entries go (its connections were closed by then)."""
-        for task in (self._beater, self._listener, *self._tasks):
+        for task in (self._beater, self._listener, self._writer, *self._tasks):
             if task is not None:
                 task.cancel()
         try:
@@ -219,26 +221,47 @@ class ClusterNode:
 
     def registered(self, connection_id: str, description: dict[str, Any]) -> None:
         """A connection this node holds was accepted: it enters the directory."""
-        self._spawn(self._register(connection_id, description))
+        self._write(connection_id, json.dumps(description, default=str))
 
     def unregistered(self, connection_id: str) -> None:
-        self._spawn(self._unregister(connection_id))
+        """It closed: it leaves the directory and its groups."""
+        self._write(connection_id, None)
 
-    async def _register(self, connection_id: str, description: dict[str, Any]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key("owners"), connection_id, self.node_id)
-            entry = json.dumps(description, default=str)
-            pipe.hset(self.key(f"conns:{self.node_id}"), connection_id, entry)
-            await pipe.execute()
+    def _write(self, connection_id: str, entry: str | None) -> None:
+        """Directory writes go out in order, those of one moment in one pipeline: one
+        round trip for a connect or a disconnect, and for a thousand at once too."""
+        self._writes.append((connection_id, entry))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_out())
 
-    async def _unregister(self, connection_id: str) -> None:
-        await self._forget(self.node_id, [connection_id])
+    async def _write_out(self) -> None:
+        conns = self.key(f"conns:{self.node_id}")
+        while self._writes:
+            batch, self._writes = self._writes, []
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for connection_id, entry in batch:
+                        if entry is None:
+                            await self._forget_in(pipe, self.node_id, [connection_id])
+                        else:
+                            pipe.hset(self.key("owners"), connection_id, self.node_id)
+                            pipe.hset(conns, connection_id, entry)
+                    await pipe.execute()
+            except RedisError as exc:
+                runner_log.warning("cluster: directory update failed: %s", exc)
 
     async def _forget(self, node: str, connection_ids: list[str]) -> None:
         """Connections leave the directory and their groups: one round trip (a script)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._forget_in(pipe, node, connection_ids)
+            await pipe.execute()
+
+    async def _forget_in(self, pipe: Any, node: str, connection_ids: list[str]) -> None:
+        """Adds the forgetting to ``pipe`` (awaiting a pipeline's command only queues it)."""
         await self._forget_script(
             keys=[self.key("owners"), self.key(f"conns:{node}")],
             args=[self._prefix, *connection_ids],
+            client=pipe,
         )
 
     def _spawn(self, work: Awaitable[None]) -> None:
