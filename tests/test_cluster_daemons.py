@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,12 @@ async def management(daemon: Daemon, method: str, path: str, body: Any = None) -
 
 
 async def listed(daemon: Daemon, want: set[str]) -> None:
-    for _ in range(200):  # the directory is written as connections come and go
+    """Each try is a round trip (the directory is written as connections come and go)."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
         answer = await management(daemon, "GET", "/@connections")
         if answer.code == 200 and set(json.loads(answer.body)) == want:
             return
-        await asyncio.sleep(0.02)
     raise AssertionError(f"never listed {want}")
 
 

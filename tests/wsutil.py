@@ -29,6 +29,7 @@ from typing import Any
 import tornado.httpclient
 import tornado.ioloop
 import tornado.websocket
+from procutil import wait_until
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
 from tornado_ws_runner.runner import WsRunner
@@ -235,11 +236,7 @@ def redis_server(folder: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not sock.exists():
-            assert proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not open its socket"
-            time.sleep(0.01)
+        wait_until("redis-server's socket", lambda: proc.poll() is None and sock.exists(), TIMEOUT)
         yield f"unix://{sock}"
     finally:
         proc.terminate()
