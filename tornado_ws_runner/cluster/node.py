@@ -89,6 +89,18 @@ for i = 2, #ARGV do
 end
 return #ARGV - 1
 """
+#: A forwarded call goes to the live node that owns its connection, found and sent to
+#: in one round trip. KEYS: owners, heartbeats; ARGV: the connection id, the oldest
+#: heartbeat still alive, the channel prefix, the message. Returns the owner, or false
+#: when no live node holds the connection.
+_SEND = """
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+if not owner then return false end
+local beat = redis.call('ZSCORE', KEYS[2], owner)
+if not beat or tonumber(beat) < tonumber(ARGV[2]) then return false end
+redis.call('PUBLISH', ARGV[3] .. owner, ARGV[4])
+return owner
+"""
 #: What became of the management calls this node forwarded (a metric's label).
 FORWARD_OUTCOMES = ("answered", "gone", "timeout", "unavailable")
 #: Seconds a lost node's tombstone stays, for the node itself to find if it comes back.
@@ -122,6 +134,7 @@ class ClusterNode:
         self._redis: redis.Redis = redis.from_url(str(settings.redis_url), decode_responses=True)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._forget_script = self._redis.register_script(_FORGET)
+        self._send_script = self._redis.register_script(_SEND)
         self._writes: list[tuple[str, str | None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[tuple[int, Any]]] = {}
@@ -397,22 +410,27 @@ class ClusterNode:
             self.forward_seconds += time.perf_counter() - started
 
     async def _forward(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
-        try:
-            owner = await self._redis.hget(self.key("owners"), connection_id)
-            if owner is None or owner not in await self._live_nodes():
-                return 410, None
-        except RedisError as exc:
-            raise ClusterUnavailable(str(exc)) from None
-        return await self._call(str(owner), {"op": op, "id": connection_id}, frame)
+        return await self._call(None, {"op": op, "id": connection_id}, frame)
 
-    async def _call(self, node: str, call: dict[str, Any], frame: str | None) -> tuple[int, Any]:
-        """Sends ``call`` to ``node``'s channel and waits for its answer."""
+    async def _call(
+        self, node: str | None, call: dict[str, Any], frame: str | None
+    ) -> tuple[int, Any]:
+        """Sends ``call`` to ``node``'s channel (None: to the live node that owns the
+        connection ``call["id"]``, 410 when there is none) and waits for its answer."""
         rid = uuid.uuid4().hex
         waiting = asyncio.get_running_loop().create_future()
         self._waiting[rid] = waiting
-        message = {**call, "rid": rid, "from": self.node_id, "frame": frame}
+        message = json.dumps({**call, "rid": rid, "from": self.node_id, "frame": frame})
         try:
-            await self._redis.publish(self.key(f"node:{node}"), json.dumps(message))
+            if node is None:
+                since = time.time() - self.settings.node_timeout
+                keys = [self.key("owners"), self.key("heartbeats")]
+                args = [call["id"], since, self.key("node:"), message]
+                node = await self._send_script(keys=keys, args=args)
+                if node is None:
+                    return 410, None
+            else:
+                await self._redis.publish(self.key(f"node:{node}"), message)
             return await asyncio.wait_for(waiting, self.settings.forward_timeout)
         except RedisError as exc:
             raise ClusterUnavailable(str(exc)) from None
