@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ConfigError, ConfigIssue, RunnerError
 from ..log import TRACE, engine_log
 from .config import LOG_LEVELS, ApiConfig, EventSpec, load_api_config, suggest
-from .deadline import first_step
+from .deadline import Suspended, first_step
 from .event import Event, Request
 from .handlers import discover_handlers
 from .responses import ErrorResponse, Response
@@ -85,29 +85,24 @@ class Policy:
         self.is_async = inspect.iscoroutinefunction(handler)
         self.blocking_warning: float | None = None
 
-    async def run(self, event: Event) -> Any:
+    def call(self, event: Event) -> Any:
+        """The handler's result: an async handler's is its coroutine, for the route to
+        await. A plain call, so a sync handler costs no coroutine of its own."""
         parameters = copy.deepcopy(self.parameters) if self.copy_parameters else self.parameters
-        if self.is_async:
-            return await self.handler(event, *parameters)
-        if self.blocking_warning:
-            started = time.perf_counter()
-            try:
-                result = self.handler(event, *parameters)
-            finally:  # a handler that blocked, then raised, blocked all the same
-                blocked = time.perf_counter() - started
-                if blocked > self.blocking_warning:
-                    engine_log.warning(
-                        "handler %s of event %s blocked the event loop for %.3fs",
-                        self.name,
-                        event.name or "(unnamed)",
-                        blocked,
-                    )
-        else:
-            result = self.handler(event, *parameters)
-        # Most sync handlers return None; isawaitable's ABC check is the costly part.
-        if result is not None and inspect.isawaitable(result):
-            result = await result
-        return result
+        if not self.blocking_warning or self.is_async:
+            return self.handler(event, *parameters)
+        started = time.perf_counter()
+        try:
+            return self.handler(event, *parameters)
+        finally:  # a handler that blocked, then raised, blocked all the same
+            blocked = time.perf_counter() - started
+            if blocked > self.blocking_warning:
+                engine_log.warning(
+                    "handler %s of event %s blocked the event loop for %.3fs",
+                    self.name,
+                    event.name or "(unnamed)",
+                    blocked,
+                )
 
 
 class Route:
@@ -124,7 +119,11 @@ class Route:
         for policy in self.policies:
             started = time.perf_counter() if tracing and policy.trace else 0.0
             try:
-                if await policy.run(event) is COMPLETE:
+                result = policy.call(event)
+                # Most sync handlers return None; isawaitable's ABC check is the costly part.
+                if result is not None and (policy.is_async or inspect.isawaitable(result)):
+                    result = await result
+                if result is COMPLETE:
                     break
             finally:
                 if started:
@@ -220,6 +219,8 @@ class Service:
         self._catchall = routes.get("catchall")
         self._traced = any(route.trace for route in routes.values())
         self._first_lock: asyncio.Lock | None = None
+        #: on_start and on_first_request have succeeded: process() goes straight on.
+        self._warm = False
 
     @classmethod
     def load(
@@ -257,16 +258,22 @@ class Service:
 
     async def process(self, event: Event) -> Response:
         """Runs the whole pipeline for ``event`` and returns its final response."""
-        if self._started is None or not self._started.done() or self._started.exception():
-            await self.start()
-        if not self._ready and not await self._first_request(event):
+        if not self._warm and not await self._warm_up(event):
             return event.response
         started = time.perf_counter() if self._traced else 0.0
         try:
-            if self.handler_timeout is None:
+            timeout = self.handler_timeout
+            if timeout is None:
                 await self._main(event)
             else:
-                await self._main_with_timeout(event, self.handler_timeout)
+                # The deadline is a timer on the loop; a chain that finishes without
+                # waiting (most do) never needs it, so it is armed only when the chain
+                # first waits, set to expire when it would have if armed now. A chain
+                # that blocks cannot be cut either way (blocking_warning reports it).
+                expires = asyncio.get_running_loop().time() + timeout
+                rest = first_step(self._main(event))
+                if rest is not None:
+                    await self._finish_by(rest, expires, event, timeout)
         except Exception as error:
             await self._handle_error(event, error)
         after = self._after
@@ -287,6 +294,16 @@ class Service:
             )
         return event.response
 
+    async def _warm_up(self, event: Event) -> bool:
+        """``on_start`` done, then ``on_first_request`` until it succeeds once; False
+        when it failed now (``event`` holds its error response)."""
+        if self._started is None or not self._started.done() or self._started.exception():
+            await self.start()
+        if not self._ready and not await self._first_request(event):
+            return False
+        self._warm = True
+        return True
+
     async def _first_request(self, event: Event) -> bool:
         """Runs ``on_first_request`` until it succeeds once; False when it failed now."""
         if self._first_lock is None:
@@ -302,15 +319,8 @@ class Service:
             self._ready = True
             return True
 
-    async def _main_with_timeout(self, event: Event, timeout: float) -> None:
-        # The deadline is a timer on the loop; a chain that finishes without waiting
-        # (most do) never needs it, so it is armed only when the chain first waits, set
-        # to expire when it would have if armed now. A chain that blocks cannot be cut
-        # either way (blocking_warning reports it).
-        expires = asyncio.get_running_loop().time() + timeout
-        rest = first_step(self._main(event))
-        if rest is None:
-            return
+    @staticmethod
+    async def _finish_by(rest: Suspended, expires: float, event: Event, timeout: float) -> None:
         deadline = asyncio.timeout_at(expires)
         try:
             async with deadline:
