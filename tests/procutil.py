@@ -116,6 +116,15 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def stopped(pid: int) -> bool:
+    """True once ``pid`` is stopped by a signal (SIGSTOP): its state in /proc is T."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
 def pids_with_arg(arg: str) -> list[int]:
     """Processes of this user whose command line holds ``arg`` as a whole argument."""
     found = []

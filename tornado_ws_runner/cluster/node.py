@@ -107,6 +107,8 @@ FORWARD_OUTCOMES = ("answered", "gone", "timeout", "unavailable")
 TOMBSTONE_SECONDS = 86_400
 #: Seconds before the first and at most between later attempts to reach Redis again.
 RETRY_FIRST, RETRY_MOST = 0.1, 5.0
+#: Seconds a stopping node waits for its last directory writes (Redis may not answer).
+LEAVE_SECONDS = 5.0
 
 
 def default_node_id() -> str:
@@ -158,10 +160,17 @@ class ClusterNode:
         runner_log.info("cluster: node %s joined", self.node_id)
 
     async def stop(self) -> None:
-        """Leaves the cluster: its entries go (its connections were closed by then)."""
-        for task in (self._beater, self._listener, self._writer, *self._tasks):
+        """Leaves the cluster: its entries go (its connections were closed by then).
+
+        The directory writes still pending go out first: they take the connections
+        closed last out of their groups, which removing this node's entries does not.
+        """
+        for task in (self._beater, self._listener, *self._tasks):
             if task is not None:
                 task.cancel()
+        if self._writer is not None:
+            await asyncio.wait([self._writer], timeout=LEAVE_SECONDS)
+            self._writer.cancel()
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.key("heartbeats"), self.node_id)
