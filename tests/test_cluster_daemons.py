@@ -455,8 +455,9 @@ def test_without_redis_cluster_calls_answer_503_and_once_it_restarts_empty_all_w
 ) -> None:
     """Redis stops: cluster calls answer 503 while each daemon serves its own clients
     and local calls (/readyz stays 200, /metrics says Redis is down). Redis starts again
-    empty on the same socket: each daemon writes its connections again, listing and
-    forwarding work again, and the metrics count the reconnect."""
+    empty on the same socket: each daemon writes its connections and their groups again,
+    listing, forwarding and group delivery work again, and the metrics count the
+    reconnect."""
 
     async def scenario() -> None:
         with redis_server(tmp_path) as url:
@@ -464,6 +465,11 @@ def test_without_redis_cluster_calls_answer_503_and_once_it_restarts_empty_all_w
             b = start_node(tmp_path, spawn, url, "node-b")
             (on_a, a_id), (on_b, b_id) = await a.client(), await b.client()
             await until_listed(a, {a_id, b_id})
+            # Two ways into a group: a handler on node-a, a PUT through node-a for
+            # node-b's client (made by node-b, which therefore knows it).
+            assert (await call(on_a, "join", {"group": "room"}))["body"] == {"joined": "room"}
+            assert (await a.call("PUT", f"/@groups/room/{b_id}")).code == 204
+            assert sorted(await b.get("/@groups/room")) == sorted([a_id, b_id])
         for node in (a, b):
             seen = partial(node.exports, "twr_cluster_redis_up 0.0")
             await eventually("the daemon to see Redis gone", seen)
@@ -493,6 +499,11 @@ def test_without_redis_cluster_calls_answer_503_and_once_it_restarts_empty_all_w
                 posted = await node.call("POST", f"/@connections/{to}", {"after": "restart"})
                 assert posted.code == 200, posted.body
                 assert (await frame(ws))["body"] == {"after": "restart"}
+            assert sorted(await a.get("/@groups/room")) == sorted([a_id, b_id])
+            delivered = await b.call("POST", "/@groups/room", {"to": "room"})
+            assert json.loads(delivered.body) == {"group": "room", "recipients": 2}
+            for ws in (on_a, on_b):
+                assert (await frame(ws))["body"] == {"to": "room"}
             for node in (a, b):
                 assert await node.exports("twr_cluster_redis_up 1.0")
                 assert await node.exports("twr_cluster_redis_reconnects_total 1.0")

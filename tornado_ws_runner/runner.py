@@ -69,8 +69,8 @@ class _ClusterHost:
     def __init__(self, state: RunnerState) -> None:
         self.state = state
 
-    async def answer(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
-        return await answer_forwarded(self.state, op, connection_id, frame)
+    async def answer(self, op: str, connection_id: str, data: str | None) -> tuple[int, Any]:
+        return await answer_forwarded(self.state, op, connection_id, data)
 
     async def lost(self, connection_id: str, entry: dict[str, Any]) -> None:
         await disconnect_lost(self.state, connection_id, entry)
@@ -81,6 +81,9 @@ class _ClusterHost:
             for conn in self.state.registry
             if conn.accepted and not conn.closing
         }
+
+    def memberships(self) -> dict[str, set[str]]:
+        return {conn.id: set(conn.groups) for conn in self.state.registry if conn.groups}
 
     async def deliver(self, connection_ids: list[str], frame: str) -> int:
         return await deliver_local(self.state, connection_ids, frame)

@@ -50,9 +50,10 @@ class ForwardTimeout(Exception):
 class Host(Protocol):
     """What the node needs of the daemon it runs in."""
 
-    async def answer(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
-        """A call another node forwarded for one of this daemon's connections:
-        (HTTP status, JSON body or None), as the local route would answer."""
+    async def answer(self, op: str, connection_id: str, data: str | None) -> tuple[int, Any]:
+        """A call another node forwarded for one of this daemon's connections (``data``:
+        a POST's frame, a join's or leave's group): (HTTP status, JSON body or None), as
+        the local route would answer."""
         ...
 
     async def lost(self, connection_id: str, entry: dict[str, Any]) -> None:
@@ -61,6 +62,11 @@ class Host(Protocol):
 
     def owned(self) -> dict[str, dict[str, Any]]:
         """This daemon's accepted connections, as the directory holds them."""
+        ...
+
+    def memberships(self) -> dict[str, set[str]]:
+        """The groups of this daemon's connections (every change of them passes through
+        the node that holds the connection, so this is the whole truth)."""
         ...
 
     async def deliver(self, connection_ids: list[str], frame: str) -> int:
@@ -402,13 +408,13 @@ class ClusterNode:
 
     # -- forwarded calls -------------------------------------------------------------
 
-    async def forward(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
+    async def forward(self, op: str, connection_id: str, data: str | None) -> tuple[int, Any]:
         """A management call for a connection of another node, answered by that node:
-        (status, body); 410 when no live node holds it."""
+        (status, body); 410 when no live node holds it. ``data``: as Host.answer's."""
         started = time.perf_counter()
         outcome = "unavailable"
         try:
-            answer = await self._forward(op, connection_id, frame)
+            answer = await self._forward(op, connection_id, data)
             outcome = "gone" if answer[0] == 410 else "answered"
             return answer
         except ForwardTimeout:
@@ -418,18 +424,18 @@ class ClusterNode:
             self.forwarded[outcome] += 1
             self.forward_seconds += time.perf_counter() - started
 
-    async def _forward(self, op: str, connection_id: str, frame: str | None) -> tuple[int, Any]:
-        return await self._call(None, {"op": op, "id": connection_id}, frame)
+    async def _forward(self, op: str, connection_id: str, data: str | None) -> tuple[int, Any]:
+        return await self._call(None, {"op": op, "id": connection_id}, data)
 
     async def _call(
-        self, node: str | None, call: dict[str, Any], frame: str | None
+        self, node: str | None, call: dict[str, Any], data: str | None
     ) -> tuple[int, Any]:
         """Sends ``call`` to ``node``'s channel (None: to the live node that owns the
         connection ``call["id"]``, 410 when there is none) and waits for its answer."""
         rid = uuid.uuid4().hex
         waiting = asyncio.get_running_loop().create_future()
         self._waiting[rid] = waiting
-        message = json.dumps({**call, "rid": rid, "from": self.node_id, "frame": frame})
+        message = json.dumps({**call, "rid": rid, "from": self.node_id, "data": data})
         try:
             if node is None:
                 since = time.time() - self.settings.node_timeout
@@ -486,6 +492,11 @@ class ClusterNode:
                     connection_id,
                     json.dumps(entry, default=str),
                 )
+            for connection_id, groups in self._host.memberships().items():
+                if connection_id in owned and groups:
+                    for group in groups:
+                        pipe.sadd(self.key(f"group:{group}"), connection_id)
+                    pipe.sadd(self.key(f"groups-of:{connection_id}"), *groups)
             await pipe.execute()
         self.up = True
         self.reconnects += 1
@@ -505,10 +516,10 @@ class ClusterNode:
 
     async def _answer(self, call: dict[str, Any]) -> None:
         if call["op"] == "group":
-            recipients = await self._host.deliver(list(call["ids"]), str(call["frame"]))
+            recipients = await self._host.deliver(list(call["ids"]), str(call["data"]))
             status, body = 200, {"recipients": recipients}
         else:
-            status, body = await self._host.answer(call["op"], call["id"], call.get("frame"))
+            status, body = await self._host.answer(call["op"], call["id"], call.get("data"))
         reply = {"rid": call["rid"], "reply": status, "body": body}
         await self._redis.publish(self.key(f"node:{call['from']}"), json.dumps(reply))
 

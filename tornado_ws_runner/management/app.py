@@ -311,6 +311,11 @@ class _ConnectionRoute(BaseHandler):
             raise Problem(410, f"No open connection '{connection_id}'.")
         return conn
 
+    def is_remote(self, connection_id: str) -> bool:
+        """Cluster mode, and not a connection open here: another node may hold it."""
+        local = self.state.registry.get(connection_id)
+        return self.state.cluster is not None and (local is None or local.closing)
+
     def frame_of_body(self) -> str:
         """The frame a POST delivers: 200, the request's headers that go along, the body."""
         try:
@@ -341,10 +346,6 @@ class _ConnectionRoute(BaseHandler):
 class ConnectionHandler(_ConnectionRoute):
     """``/@connections/{id}``: describe the connection, post to it, close it; in cluster
     mode, one of another node through the directory and that node."""
-
-    def is_remote(self, connection_id: str) -> bool:
-        local = self.state.registry.get(connection_id)
-        return self.state.cluster is not None and (local is None or local.closing)
 
     async def get(self, connection_id: str) -> None:
         cluster = self.state.cluster
@@ -446,37 +447,48 @@ class GroupHandler(_ConnectionRoute):
 
 
 class GroupMemberHandler(_ConnectionRoute):
-    """``/@groups/{group}/{id}``: a connection joins (PUT) or leaves (DELETE) a group."""
+    """``/@groups/{group}/{id}``: a connection joins (PUT) or leaves (DELETE) a group.
+
+    In cluster mode a change for another node's connection is made by that node, so
+    each node knows the groups of its own connections (it writes them again when Redis
+    comes back empty).
+    """
 
     async def put(self, group: str, connection_id: str) -> None:
         if self.refused:
             return
-        cluster = self.state.cluster
-        try:
-            local = self.state.registry.get(connection_id)
-            if (local is None or local.closing) and (
-                cluster is None or await cluster.describe(connection_id) is None
-            ):
-                raise Problem(410, f"No open connection '{connection_id}'.")
-            self.state.registry.join(group, connection_id)
-            if cluster is not None:
-                await cluster.join(group, connection_id)
-        except ClusterUnavailable as exc:
-            raise unavailable(exc) from None
+        status = await self.change("join", group, connection_id)
+        if status == 410:
+            raise Problem(410, f"No open connection '{connection_id}'.")
         self.set_status(204)
         self.finish()
 
     async def delete(self, group: str, connection_id: str) -> None:
+        """204 whether or not the connection was in the group, or is open at all."""
         if self.refused:
             return
-        self.state.registry.leave(group, connection_id)
-        if self.state.cluster is not None:
-            try:
+        if await self.change("leave", group, connection_id) == 410 and self.state.cluster:
+            try:  # no node holds it: what the directory may still hold of it goes
                 await self.state.cluster.leave(group, connection_id)
             except ClusterUnavailable as exc:
                 raise unavailable(exc) from None
         self.set_status(204)
         self.finish()
+
+    async def change(self, op: str, group: str, connection_id: str) -> int:
+        """Joins or leaves here, or on the node that holds the connection: 204 or 410."""
+        cluster = self.state.cluster
+        try:
+            if cluster is None or not self.is_remote(connection_id):
+                return await change_membership(self.state, op, group, connection_id)
+            status, _ = await cluster.forward(op, connection_id, group)
+        except ClusterUnavailable as exc:
+            raise unavailable(exc) from None
+        except ForwardTimeout as exc:
+            raise Problem(504, f"Node {exc} did not answer in time.") from None
+        if status == 503:
+            raise Problem(503, "The cluster's directory (Redis) cannot be reached.")
+        return status
 
 
 async def deliver_local(state: RunnerState, connection_ids: list[str], frame: str) -> int:
@@ -494,10 +506,12 @@ async def deliver_local(state: RunnerState, connection_ids: list[str], frame: st
 
 
 async def answer_forwarded(
-    state: RunnerState, op: str, connection_id: str, frame: str | None
+    state: RunnerState, op: str, connection_id: str, data: str | None
 ) -> tuple[int, Any]:
     """What this node answers to a call another node forwarded for one of its
-    connections: as the local route would (200 once flushed, 204, 410)."""
+    connections: as the local route would (200 once flushed, 204, 410; 503 when a
+    group change cannot reach Redis). ``data``: a POST's frame, a join's or leave's
+    group."""
     conn = state.registry.get(connection_id)
     if conn is None or conn.closing:
         return 410, None
@@ -505,14 +519,35 @@ async def answer_forwarded(
         conn.close(1000, CLOSE_REASON, by="management")
         management_log.info("closed %s on a request forwarded by another node", conn.id)
         return 204, None
-    if op == "post" and frame is not None:
+    if op == "post" and data is not None:
         try:
-            await conn.send(frame)
+            await conn.send(data)
         except ConnectionGone:
             return 410, None
         state.metrics.postbacks.labels("delivered").inc()
         return 200, {"connectionId": conn.id, "delivered": True}
+    if op in ("join", "leave") and data is not None:
+        try:
+            return await change_membership(state, op, data, connection_id), None
+        except ClusterUnavailable:
+            return 503, None
     return 400, None
+
+
+async def change_membership(state: RunnerState, op: str, group: str, connection_id: str) -> int:
+    """A connection of this node joins or leaves ``group``, here and in the cluster's
+    directory: 204, or 410 for a join of a connection not open here."""
+    if op == "join":
+        if state.registry.get(connection_id) is None or not state.registry.join(
+            group, connection_id
+        ):
+            return 410
+    else:
+        state.registry.leave(group, connection_id)
+    if state.cluster is not None:
+        membership = state.cluster.join if op == "join" else state.cluster.leave
+        await membership(group, connection_id)
+    return 204
 
 
 def _access_logger(handler: tornado.web.RequestHandler) -> None:
