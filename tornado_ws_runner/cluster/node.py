@@ -113,7 +113,8 @@ FORWARD_OUTCOMES = ("answered", "gone", "timeout", "unavailable")
 TOMBSTONE_SECONDS = 86_400
 #: Seconds before the first and at most between later attempts to reach Redis again.
 RETRY_FIRST, RETRY_MOST = 0.1, 5.0
-#: Seconds a stopping node waits for its last directory writes (Redis may not answer).
+#: Seconds a stopping node waits for its pending work: directory writes, answers, and the
+#: on_disconnect runs of a node it claimed (Redis may not answer).
 LEAVE_SECONDS = 5.0
 
 
@@ -168,15 +169,19 @@ class ClusterNode:
     async def stop(self) -> None:
         """Leaves the cluster: its entries go (its connections were closed by then).
 
-        The directory writes still pending go out first: they take the connections
+        The work still pending goes out first: the directory writes take the connections
         closed last out of their groups, which removing this node's entries does not.
         """
-        for task in (self._beater, self._listener, *self._tasks):
+        for task in (self._beater, self._listener):
             if task is not None:
                 task.cancel()
-        if self._writer is not None:
-            await asyncio.wait([self._writer], timeout=LEAVE_SECONDS)
-            self._writer.cancel()
+        # The on_disconnect runs of a node just claimed, the answers being sent and the
+        # directory writes are let finish (bounded: Redis may not answer).
+        pending = {*self._tasks, *([self._writer] if self._writer is not None else [])}
+        if pending:
+            await asyncio.wait(pending, timeout=LEAVE_SECONDS)
+            for task in pending:
+                task.cancel()
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.key("heartbeats"), self.node_id)
