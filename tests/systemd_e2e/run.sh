@@ -419,6 +419,14 @@ pass "WebSocket echo from the host on ws://127.0.0.1:$PORT/?token=$TOKEN"
   || fail "a WebSocket client without the token was not refused with 1008"
 pass "a WebSocket client without the token is refused with 1008"
 
+reply=$(c tornado-ws-runner-client "ws://127.0.0.1:$PORT/?token=$TOKEN" echo \
+  --payload '{"from":"client"}') || fail "tornado-ws-runner-client echo in the container failed"
+case $reply in
+  *'"body":{"from":"client"}'*) ;;
+  *) fail "tornado-ws-runner-client echo printed '$reply'" ;;
+esac
+pass "tornado-ws-runner-client (packaged) calls echo: $reply"
+
 if [ "${E2E_SOAK:-0}" -gt 0 ]; then
   say "leaving $PKG running for $E2E_SOAK s (E2E_SOAK)"
   sleep "$E2E_SOAK"
