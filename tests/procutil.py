@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import tornado.websocket
+from tornado_ws_runner.client import Client, ConnectionClosed
 
 #: The console script installed beside the interpreter running the tests.
 SCRIPT = Path(sys.executable).parent / "tornado-ws-runner"
@@ -272,22 +271,26 @@ def spawner() -> Iterator[Spawner]:
         spawn.close()
 
 
-async def connect(url: str) -> tornado.websocket.WebSocketClientConnection:
-    return await tornado.websocket.websocket_connect(url, connect_timeout=DEADLINE)
+async def reply_body(client: Client, name: str, payload: Any = None) -> Any:
+    """The body of the reply to event ``name``, within DEADLINE (an error reply raises
+    ErrorResponse)."""
+    return (await client.call(name, payload, timeout=DEADLINE)).body
 
 
-async def call(
-    ws: tornado.websocket.WebSocketClientConnection,
-    name: str,
-    payload: Any = None,
-    message_id: str = "m-1",
-) -> dict[str, Any]:
-    """Sends one event and returns the decoded reply frame (bounded wait)."""
-    message: dict[str, Any] = {"name": name, "headers": {"message-id": message_id}}
-    if payload is not None:
-        message["payload"] = payload
-    await ws.write_message(json.dumps(message))
-    frame = await asyncio.wait_for(ws.read_message(), DEADLINE)
-    assert isinstance(frame, str), f"the connection closed instead of answering {name}"
-    reply: dict[str, Any] = json.loads(frame)
-    return reply
+async def pushed(client: Client) -> Any:
+    """The body of the next frame no call asked for (a handler's push, a management
+    POST), within DEADLINE."""
+    async with asyncio.timeout(DEADLINE), contextlib.aclosing(client.pushes()) as pushes:
+        async for frame in pushes:
+            return frame.body
+    raise AssertionError(f"closed ({client.close_code} {client.close_reason}) before a push")
+
+
+async def closed(client: Client) -> tuple[int | None, str | None]:
+    """Waits (within DEADLINE) until the server closes ``client``, dropping the pushes
+    that come first; the close code and reason."""
+    async with asyncio.timeout(DEADLINE):
+        with contextlib.suppress(ConnectionClosed):  # pushes() raises for other than 1000, 1001
+            async for _ in client.pushes():
+                pass
+    return client.close_code, client.close_reason

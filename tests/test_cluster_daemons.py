@@ -36,18 +36,20 @@ from procutil import (
     DEADLINE,
     Daemon,
     Spawner,
-    call,
     clean_env,
-    connect,
+    closed,
     copy_app,
+    pushed,
+    reply_body,
     run_cli,
     stopped,
     wait_until,
     write_runner,
 )
 from tornado.httpclient import HTTPResponse
-from tornado.websocket import WebSocketClientConnection
 from wsutil import management, redis_server
+
+from tornado_ws_runner.client import Client
 
 #: Read by fixtures/daemon/handlers/recorder.py: where on_disconnect writes its JSON lines.
 DISCONNECT_LOG_ENV = "TWR_TEST_DISCONNECT_LOG"
@@ -123,10 +125,10 @@ class Node:
         answer = await self.call("GET", f"/@connections/{connection_id}")
         return str(json.loads(answer.body)["node"]) if answer.code == 200 else None
 
-    async def client(self, query: str = "") -> tuple[WebSocketClientConnection, str]:
+    async def client(self, query: str = "") -> tuple[Client, str]:
         """A client of this daemon's WebSocket port, and its connection id."""
-        ws = await connect(self.daemon.url + query)
-        return ws, str((await call(ws, "whoami"))["body"]["connectionId"])
+        client = await Client.open(self.daemon.url + query)
+        return client, str((await reply_body(client, "whoami"))["connectionId"])
 
     def disconnects(self) -> list[dict[str, Any]]:
         """The on_disconnect runs so far: {"connectionId", "reason", "identity"} each."""
@@ -144,7 +146,7 @@ def start_node(tmp_path: Path, spawn: Spawner, redis_url: str, name: str, **opti
     return Node(name, spawn.serving("--conf", str(conf), env=env), log)
 
 
-# -- awaiting conditions, reading clients -----------------------------------------------------
+# -- awaiting conditions ----------------------------------------------------------------------
 
 
 async def eventually(what: str, probe: Callable[[], Awaitable[Any]]) -> Any:
@@ -171,21 +173,6 @@ async def until_listed(node: Node, ids: set[str]) -> None:
 async def listing(node: Node, connection_id: str) -> bool:
     """True once ``node`` lists the connection (among others or not)."""
     return connection_id in await node.listed()
-
-
-async def frame(ws: WebSocketClientConnection) -> dict[str, Any]:
-    """The next frame the client gets (bounded wait), decoded."""
-    text = await asyncio.wait_for(ws.read_message(), DEADLINE)
-    assert isinstance(text, str), f"closed: {ws.close_code} {ws.close_reason}"
-    decoded: dict[str, Any] = json.loads(text)
-    return decoded
-
-
-async def closed(ws: WebSocketClientConnection) -> tuple[int | None, str | None]:
-    """Reads until the server closes the client; its close code and reason."""
-    while await asyncio.wait_for(ws.read_message(), DEADLINE) is not None:
-        pass
-    return ws.close_code, ws.close_reason
 
 
 def record(connection_id: str, reason: str, identity: str | None = None) -> dict[str, Any]:
@@ -228,7 +215,7 @@ def test_either_daemon_lists_describes_posts_to_and_closes_any_connection(
         posted = await b.call("POST", f"/@connections/{a_id}", {"from": "b"})
         assert posted.code == 200, posted.body
         assert json.loads(posted.body) == {"connectionId": a_id, "delivered": True}
-        assert (await frame(on_a))["body"] == {"from": "b"}
+        assert await pushed(on_a) == {"from": "b"}
 
         nodes = {node["nodeId"]: node for node in await a.get("/@nodes")}
         assert sorted(nodes) == ["node-a", "node-b"]
@@ -256,7 +243,7 @@ def test_either_daemon_lists_describes_posts_to_and_closes_any_connection(
             (a, 'twr_cluster_forwarded_total{outcome="gone"} 2.0'),  # POST, DELETE after it
         ):
             assert await node.exports(line), line
-        on_a.close()
+        await on_a.close()
 
     asyncio.run(scenario())
 
@@ -272,15 +259,15 @@ def test_groups_span_the_daemons(tmp_path: Path, spawn: Spawner, redis_url: str)
         (on_a, a_id), (on_b, b_id) = await a.client(), await b.client()
         both = sorted([a_id, b_id])
         for ws in (on_a, on_b):
-            assert (await call(ws, "join", {"group": "room"}))["body"] == {"joined": "room"}
+            assert await reply_body(ws, "join", {"group": "room"}) == {"joined": "room"}
         for node in (a, b):
             assert await node.get("/@groups/room") == both
         posted = await b.call("POST", "/@groups/room", {"to": "room"})
         assert posted.code == 200, posted.body
         assert json.loads(posted.body) == {"group": "room", "recipients": 2}
         for ws in (on_a, on_b):
-            assert (await frame(ws))["body"] == {"to": "room"}
-        assert (await call(on_b, "leave", {"group": "room"}))["body"] == {"left": "room"}
+            assert await pushed(ws) == {"to": "room"}
+        assert await reply_body(on_b, "leave", {"group": "room"}) == {"left": "room"}
         assert await a.get("/@groups/room") == [a_id]
 
         assert (await b.call("PUT", f"/@groups/ops/{a_id}")).code == 204
@@ -289,19 +276,19 @@ def test_groups_span_the_daemons(tmp_path: Path, spawn: Spawner, redis_url: str)
         posted = await a.call("POST", "/@groups/ops", {"to": "ops"})
         assert json.loads(posted.body) == {"group": "ops", "recipients": 2}
         for ws in (on_a, on_b):
-            assert (await frame(ws))["body"] == {"to": "ops"}
+            assert await pushed(ws) == {"to": "ops"}
         assert (await a.call("DELETE", f"/@groups/ops/{b_id}")).code == 204
         assert await b.get("/@groups/ops") == [a_id]
         assert (await b.call("PUT", "/@groups/ops/no-such-id")).code == 410
         assert await a.get("/@groups/never-made") == []
 
-        on_a.close()
+        await on_a.close()
 
         async def left() -> bool:
             return await b.get("/@groups/room") == [] and await b.get("/@groups/ops") == []
 
         await eventually("node-a's closed client out of its groups", left)
-        on_b.close()
+        await on_b.close()
 
     asyncio.run(scenario())
 
@@ -319,7 +306,7 @@ def test_a_daemon_stopped_with_sigterm_leaves_the_cluster_as_it_closes_its_clien
 
     async def scenario() -> str:
         ws, cid = await first.client()
-        await call(ws, "join", {"group": "room"})
+        await reply_body(ws, "join", {"group": "room"})
         await until_listed(second, {cid})
         first.daemon.signal(signal.SIGTERM)
         assert (await closed(ws))[0] == 1001
@@ -348,7 +335,7 @@ def test_a_killed_daemon_is_claimed_by_one_survivor_which_runs_on_disconnect_onc
         alice, alice_id = await doomed.client("?user=alice")
         member, member_id = await doomed.client()
         for ws in (stays, member):
-            await call(ws, "join", {"group": "room"})
+            await reply_body(ws, "join", {"group": "room"})
         await until_listed(survivors[1], {stays_id, alice_id, member_id})
 
         doomed.daemon.signal(signal.SIGKILL)
@@ -372,7 +359,7 @@ def test_a_killed_daemon_is_claimed_by_one_survivor_which_runs_on_disconnect_onc
         assert sorted(claimer.disconnects(), key=by_id) == sorted(lost, key=by_id)
         assert other.disconnects() == []
         for ws in (stays, alice, member):
-            ws.close()
+            await ws.close()
 
     asyncio.run(scenario())
 
@@ -400,11 +387,11 @@ def test_a_daemon_that_does_not_answer_gives_504(
         posted = await b.call("POST", f"/@connections/{cid}", {"n": 2})
         assert posted.code == 200, posted.body
         # node-a took the first call from its channel when it ran again: it may come first
-        bodies = [(await frame(ws))["body"]]
+        bodies = [await pushed(ws)]
         if bodies[0] != {"n": 2}:
-            bodies.append((await frame(ws))["body"])
+            bodies.append(await pushed(ws))
         assert bodies in ([{"n": 2}], [{"n": 1}, {"n": 2}]), bodies
-        ws.close()
+        await ws.close()
 
     asyncio.run(scenario())
 
@@ -435,7 +422,7 @@ def test_a_daemon_cut_off_past_node_timeout_closes_its_clients_with_1012_once_cl
             return await b.last_heartbeat("node-a") != beat
 
         await eventually("a heartbeat of node-a since", later)
-        assert (await call(again, "whoami"))["body"]["connectionId"] == again_id, "not closed"
+        assert (await reply_body(again, "whoami"))["connectionId"] == again_id, "not closed"
         # Stopped with SIGTERM, a daemon exits once every on_disconnect it started ended.
         a.daemon.signal(signal.SIGTERM)
         assert (await closed(again))[0] == 1001
@@ -467,7 +454,7 @@ def test_without_redis_cluster_calls_answer_503_and_once_it_restarts_empty_all_w
             await until_listed(a, {a_id, b_id})
             # Two ways into a group: a handler on node-a, a PUT through node-a for
             # node-b's client (made by node-b, which therefore knows it).
-            assert (await call(on_a, "join", {"group": "room"}))["body"] == {"joined": "room"}
+            assert await reply_body(on_a, "join", {"group": "room"}) == {"joined": "room"}
             assert (await a.call("PUT", f"/@groups/room/{b_id}")).code == 204
             assert sorted(await b.get("/@groups/room")) == sorted([a_id, b_id])
         for node in (a, b):
@@ -489,8 +476,8 @@ def test_without_redis_cluster_calls_answer_503_and_once_it_restarts_empty_all_w
         assert (await a.get(f"/@connections/{a_id}"))["node"] == "node-a"
         posted = await a.call("POST", f"/@connections/{a_id}", {"still": "local"})
         assert posted.code == 200, posted.body
-        assert (await frame(on_a))["body"] == {"still": "local"}
-        assert (await call(on_a, "echo", {"served": True}))["body"] == {"served": True}
+        assert await pushed(on_a) == {"still": "local"}
+        assert await reply_body(on_a, "echo", {"served": True}) == {"served": True}
         assert (await a.call("GET", "/readyz")).code == 200
 
         with redis_server(tmp_path):
@@ -498,18 +485,18 @@ def test_without_redis_cluster_calls_answer_503_and_once_it_restarts_empty_all_w
             for node, to, ws in ((a, b_id, on_b), (b, a_id, on_a)):
                 posted = await node.call("POST", f"/@connections/{to}", {"after": "restart"})
                 assert posted.code == 200, posted.body
-                assert (await frame(ws))["body"] == {"after": "restart"}
+                assert await pushed(ws) == {"after": "restart"}
             assert sorted(await a.get("/@groups/room")) == sorted([a_id, b_id])
             delivered = await b.call("POST", "/@groups/room", {"to": "room"})
             assert json.loads(delivered.body) == {"group": "room", "recipients": 2}
             for ws in (on_a, on_b):
-                assert (await frame(ws))["body"] == {"to": "room"}
+                assert await pushed(ws) == {"to": "room"}
             for node in (a, b):
                 assert await node.exports("twr_cluster_redis_up 1.0")
                 assert await node.exports("twr_cluster_redis_reconnects_total 1.0")
                 assert await node.node_ids() == ["node-a", "node-b"]
-            on_a.close()
-            on_b.close()
+            await on_a.close()
+            await on_b.close()
 
     asyncio.run(scenario())
 
@@ -563,7 +550,7 @@ def test_two_daemons_share_one_websocket_port_with_reuse_port(
         for node in (first, second):
             assert await node.listed() == set(owners)
         for ws in clients:
-            ws.close()
+            await ws.close()
 
     asyncio.run(scenario())
 
@@ -582,8 +569,8 @@ def test_clusters_with_other_key_prefixes_share_one_redis_apart(
         assert await two.listed() == {id2}
         assert await one.node_ids() == ["one"]
         assert (await one.call("POST", f"/@connections/{id2}", {"x": 1})).code == 410
-        ws1.close()
-        ws2.close()
+        await ws1.close()
+        await ws2.close()
 
     asyncio.run(scenario())
 
@@ -603,13 +590,13 @@ def test_a_message_never_touches_redis(tmp_path: Path, spawn: Spawner, redis_url
         await until_listed(node, {cid})
         before = commands()
         for n in range(100):
-            assert (await call(ws, "echo", {"n": n}, f"m-{n}"))["body"] == {"n": n}
+            assert await reply_body(ws, "echo", {"n": n}) == {"n": n}
         assert commands() == before
         other, other_id = await node.client()
         await until_listed(node, {cid, other_id})
         assert commands() != before
         for client in (ws, other):
-            client.close()
+            await client.close()
 
     try:
         asyncio.run(scenario())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -16,17 +15,19 @@ import pytest
 from procutil import (
     DEADLINE,
     Spawner,
-    call,
     clean_env,
-    connect,
+    closed,
     copy_app,
     parse_ports,
     pid_alive,
+    pushed,
+    reply_body,
     run_cli,
     wait_until,
     write_runner,
 )
-from tornado.websocket import WebSocketClientConnection
+
+from tornado_ws_runner.client import Client, ConnectionClosed, ErrorResponse, Response, connect
 
 DISCONNECTS_ENV = "TWR_TEST_DISCONNECTS"  # read by fixtures/daemon/handlers/recorder.py
 
@@ -44,25 +45,16 @@ def test_sigterm_closes_every_client_with_1001_and_runs_on_disconnect(
     )
 
     async def scenario() -> tuple[list[str], list[int | None]]:
-        clients = [await connect(daemon.url) for _ in range(3)]
+        clients = [await Client.open(daemon.url) for _ in range(3)]
         ids = []
-        for i, ws in enumerate(clients):
-            who = await call(ws, "whoami", message_id=f"who-{i}")
-            assert who["statusCode"] == 200
-            assert who["headers"]["message-id"] == f"who-{i}"
-            ids.append(who["body"]["connectionId"])
-            echo = await call(ws, "echo", {"n": i}, message_id=f"echo-{i}")
-            assert echo == {
-                "statusCode": 200,
-                "headers": {"message-id": f"echo-{i}"},
-                "body": {"n": i},
-            }
+        for i, client in enumerate(clients):
+            who = await client.call("whoami", timeout=DEADLINE)
+            echo = await client.call("echo", {"n": i}, timeout=DEADLINE)
+            assert (who.status_code, echo.status_code, echo.body) == (200, 200, {"n": i})
+            assert list(echo.headers) == ["message-id"]  # the message-id alone
+            ids.append(who.body["connectionId"])
         daemon.signal(signal.SIGTERM)
-        codes = []
-        for ws in clients:
-            assert await asyncio.wait_for(ws.read_message(), DEADLINE) is None
-            codes.append(ws.close_code)
-        return ids, codes
+        return ids, [(await closed(client))[0] for client in clients]
 
     ids, codes = asyncio.run(scenario())
     assert codes == [1001, 1001, 1001]
@@ -73,30 +65,27 @@ def test_sigterm_closes_every_client_with_1001_and_runs_on_disconnect(
     assert "Traceback" not in daemon.output
 
 
-async def _start_slow(ws: WebSocketClientConnection, seconds: float) -> None:
-    """Sends a "slow" event and returns once the handler has said it started."""
-    message = {"name": "slow", "payload": {"seconds": seconds}, "headers": {"message-id": "s"}}
-    await ws.write_message(json.dumps(message))
-    frame = await asyncio.wait_for(ws.read_message(), DEADLINE)
-    assert isinstance(frame, str) and json.loads(frame)["body"] == {"started": True}, frame
+async def _start_slow(client: Client, seconds: float) -> asyncio.Task[Response]:
+    """Calls the "slow" event; returns the call, once the handler has said it started."""
+    reply = asyncio.create_task(client.call("slow", {"seconds": seconds}, timeout=DEADLINE))
+    assert await pushed(client) == {"started": True}
+    return reply
 
 
 def test_sigterm_lets_an_event_in_flight_finish_before_closing(app: Path, spawn: Spawner) -> None:
     """SIGTERM during a handler: the client gets its reply first, then close 1001; exit 0."""
     daemon = spawn.serving("--conf", str(app / "runner.yaml"))
 
-    async def scenario() -> tuple[dict[str, object], int | None]:
-        ws = await connect(daemon.url)
-        await _start_slow(ws, 0.5)
-        daemon.signal(signal.SIGTERM)
-        frame = await asyncio.wait_for(ws.read_message(), DEADLINE)
-        assert isinstance(frame, str), "closed before the event in flight answered"
-        assert await asyncio.wait_for(ws.read_message(), DEADLINE) is None
-        reply: dict[str, object] = json.loads(frame)
-        return reply, ws.close_code
+    async def scenario() -> tuple[Response, int | None]:
+        async with connect(daemon.url) as client:
+            reply = await _start_slow(client, 0.5)
+            daemon.signal(signal.SIGTERM)
+            answered = await reply  # ConnectionClosed if the close came first
+            return answered, (await closed(client))[0]
 
     reply, code = asyncio.run(scenario())
-    assert reply == {"statusCode": 200, "headers": {"message-id": "s"}, "body": {"finished": True}}
+    assert (reply.status_code, reply.body) == (200, {"finished": True})
+    assert list(reply.headers) == ["message-id"]
     assert code == 1001
     assert daemon.wait() == 0, daemon.output
     daemon.wait_for(r"stopped: 1 connections closed, 0 events cut")
@@ -108,11 +97,12 @@ def test_sigterm_cuts_an_event_that_outlasts_the_drain_timeout(app: Path, spawn:
     daemon = spawn.serving("--conf", str(app / "runner.yaml"))
 
     async def scenario() -> int | None:
-        ws = await connect(daemon.url)
-        await _start_slow(ws, 60)
-        daemon.signal(signal.SIGTERM)
-        assert await asyncio.wait_for(ws.read_message(), DEADLINE) is None
-        return ws.close_code
+        async with connect(daemon.url) as client:
+            reply = await _start_slow(client, 60)
+            daemon.signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as cut:
+                await reply
+            return cut.value.code
 
     assert asyncio.run(scenario()) == 1001
     assert daemon.wait() == 0, daemon.output
@@ -167,16 +157,16 @@ def test_sighup_swaps_handlers_and_keeps_the_old_config_when_the_new_one_fails(
         return daemon.lines[index:]
 
     async def scenario() -> None:
-        ws = await connect(daemon.url)
-        me = (await call(ws, "whoami"))["body"]["connectionId"]
-        assert (await call(ws, "version"))["body"] == "v1"
+        client = await Client.open(daemon.url)
+        me = (await reply_body(client, "whoami"))["connectionId"]
+        assert await reply_body(client, "version") == "v1"
 
         # An edit made a while after the start (mtime 2 s on), as an operator's would be;
         # test_sighup_sees_a_same_size_edit_with_the_same_mtime covers a same-second edit.
         later = version.stat().st_mtime_ns + 2_000_000_000
         _rewrite(version, '"v1"', '"v2"', later)
         await reload(r"reloaded \S+config\.yaml")
-        assert (await call(ws, "version"))["body"] == "v2"
+        assert await reply_body(client, "version") == "v2"
 
         _rewrite(config, "- versionHandler", "- versionHandlr")
         mark = len(daemon.lines)
@@ -184,20 +174,20 @@ def test_sighup_swaps_handlers_and_keeps_the_old_config_when_the_new_one_fails(
         assert lines[0].split()[2] == "ERROR", lines[0]
         match, _ = await asyncio.to_thread(daemon.wait_for, r"versionHandlr", DEADLINE, mark)
         assert "config.yaml" in match.string and "api.events[3].policies[0]" in match.string
-        assert (await call(ws, "version"))["body"] == "v2"
+        assert await reply_body(client, "version") == "v2"
 
         config.write_text("api:\n  events: [\n", encoding="utf-8")  # not YAML
         mark = len(daemon.lines)
         await reload(r"reload failed")
         await asyncio.to_thread(daemon.wait_for, r"config\.yaml:\d+: invalid YAML", DEADLINE, mark)
-        assert (await call(ws, "version"))["body"] == "v2"
+        assert await reply_body(client, "version") == "v2"
 
         config.write_text(good_config, encoding="utf-8")
         await reload(r"reloaded \S+config\.yaml")
-        assert (await call(ws, "version"))["body"] == "v2"
-        assert (await call(ws, "whoami"))["body"]["connectionId"] == me
-        assert ws.close_code is None
-        ws.close()
+        assert await reply_body(client, "version") == "v2"
+        assert (await reply_body(client, "whoami"))["connectionId"] == me
+        assert not client.closed
+        await client.close()
 
     asyncio.run(scenario())
     daemon.signal(signal.SIGTERM)
@@ -212,16 +202,13 @@ def test_sighup_sees_a_same_size_edit_with_the_same_mtime(app: Path, spawn: Spaw
     daemon = spawn.serving("--conf", str(app / "runner.yaml"), env=_bytecode_env())
 
     async def scenario() -> None:
-        ws = await connect(daemon.url)
-        assert (await call(ws, "version"))["body"] == "v1"
-        _rewrite(version, '"v1"', '"v2"', mtime_ns)  # as cp -p, tar or rsync -t would leave it
-        mark = len(daemon.lines)
-        daemon.signal(signal.SIGHUP)
-        await asyncio.to_thread(daemon.wait_for, r"reloaded ", DEADLINE, mark)
-        try:
-            assert (await call(ws, "version"))["body"] == "v2"
-        finally:
-            ws.close()
+        async with connect(daemon.url) as client:
+            assert await reply_body(client, "version") == "v1"
+            _rewrite(version, '"v1"', '"v2"', mtime_ns)  # as cp -p, tar or rsync -t would leave it
+            mark = len(daemon.lines)
+            daemon.signal(signal.SIGHUP)
+            await asyncio.to_thread(daemon.wait_for, r"reloaded ", DEADLINE, mark)
+            assert await reply_body(client, "version") == "v2"
 
     asyncio.run(scenario())
 
@@ -276,14 +263,11 @@ def test_daemon_mode_detaches_writes_pidfile_refuses_a_second_start_and_stops(
     assert os.getsid(pid) != os.getsid(0), "the daemon did not start its own session"
     ports = wait_until("the serving line in the log file", lambda: _ports_in(log))
 
-    async def echo() -> dict[str, object]:
-        ws = await connect(f"ws://127.0.0.1:{ports['listen']}/")
-        try:
-            return await call(ws, "echo", {"hello": "daemon"})
-        finally:
-            ws.close()
+    async def echo() -> Any:
+        async with connect(f"ws://127.0.0.1:{ports['listen']}/") as client:
+            return await reply_body(client, "echo", {"hello": "daemon"})
 
-    assert asyncio.run(echo())["body"] == {"hello": "daemon"}
+    assert asyncio.run(echo()) == {"hello": "daemon"}
 
     second = run_cli("--conf", str(app / "runner.yaml"), "--daemon", "--pidfile", str(pidfile))
     assert second.returncode == 1, second.stderr
@@ -345,8 +329,8 @@ def test_event_loop_setting_picks_the_loop_that_serves(
     daemon.wait_for(rf"running on the {expected} event loop")
 
     async def scenario() -> Any:
-        ws = await connect(daemon.url)
-        return (await call(ws, "echo", {"loop": choice}))["body"]
+        async with connect(daemon.url) as client:
+            return await reply_body(client, "echo", {"loop": choice})
 
     assert asyncio.run(scenario()) == {"loop": choice}
     daemon.signal(signal.SIGTERM)
@@ -394,11 +378,12 @@ def test_access_log_has_one_line_per_open_close_and_event(
     daemon = spawn.serving("--conf", str(app / "runner.yaml"))
 
     async def scenario() -> str:
-        ws = await connect(daemon.url)
-        me: str = (await call(ws, "whoami"))["body"]["connectionId"]
-        await call(ws, "echo", {"x": 1})
-        assert (await call(ws, "no_such_event"))["statusCode"] == 501
-        ws.close(1000)
+        async with connect(daemon.url) as client:  # closes with 1000
+            me: str = (await reply_body(client, "whoami"))["connectionId"]
+            await reply_body(client, "echo", {"x": 1})
+            with pytest.raises(ErrorResponse) as missing:
+                await client.call("no_such_event", timeout=DEADLINE)
+            assert missing.value.status_code == 501
         return me
 
     me = asyncio.run(scenario())
@@ -449,9 +434,9 @@ def test_sighup_takes_up_runner_yaml_live_keys_and_names_those_needing_a_restart
     daemon = spawn.serving("--conf", str(runner_yaml))
 
     async def scenario() -> None:
-        ws = await connect(daemon.url)
+        client = await Client.open(daemon.url)
         big = "x" * 40_000
-        assert (await call(ws, "echo", big))["body"] == big
+        assert await reply_body(client, "echo", big) == big
         _rewrite(runner_yaml, "max_message_size: 65536", "max_message_size: 20000")
         _rewrite(
             runner_yaml, "listen: {host: 127.0.0.1, port: 0}", "listen: {host: 127.0.0.2, port: 0}"
@@ -463,10 +448,10 @@ def test_sighup_takes_up_runner_yaml_live_keys_and_names_those_needing_a_restart
         )
         assert "listen.host" in match.string and "max_message_size" not in match.string
         await asyncio.to_thread(daemon.wait_for, r"reloaded \S+config\.yaml", DEADLINE, mark)
-        ws2 = await connect(daemon.url)  # still on 127.0.0.1: the host waits for a restart
-        await ws2.write_message(json.dumps({"name": "echo", "payload": big}))
-        assert await ws2.read_message() is None, "a 40 KB frame is over the new 20 KB limit"
-        assert ws2.close_code == 1009
-        ws.close()
+        async with connect(daemon.url) as late:  # still 127.0.0.1: the host waits for a restart
+            with pytest.raises(ConnectionClosed) as refused:
+                await late.call("echo", big, timeout=DEADLINE)
+        assert refused.value.code == 1009, "a 40 KB frame is over the new 20 KB limit"
+        await client.close()
 
     asyncio.run(scenario())

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procutil import Spawner, connect
+from procutil import DEADLINE, Spawner
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from wsutil import (
     HERE,
@@ -45,6 +45,7 @@ from wsutil import (
     ws_url,
 )
 
+from tornado_ws_runner.client import connect
 from tornado_ws_runner.engine import Event, Request, Service
 from tornado_ws_runner.errors import ConfigError
 from tornado_ws_runner.settings import load_settings
@@ -279,11 +280,8 @@ def test_the_daemon_logs_a_blocking_sync_handler(app: Path, spawn: Spawner) -> N
     daemon = spawn.serving("--conf", str(runner_yaml))
 
     async def scenario() -> None:
-        ws = await connect(daemon.url)
-        await ws.write_message(json.dumps({"name": "blocky", "headers": {"message-id": "b"}}))
-        frame = await asyncio.wait_for(ws.read_message(), 15)
-        assert isinstance(frame, str) and json.loads(frame)["statusCode"] == 200
-        ws.close()
+        async with connect(daemon.url) as client:
+            assert (await client.call("blocky", timeout=DEADLINE)).status_code == 200
 
     asyncio.run(scenario())
     match, _ = daemon.wait_for(r"WARNING tornado_ws_runner\.engine: " + BLOCKED.pattern)

@@ -18,13 +18,14 @@ from procutil import (
     DEADLINE,
     SCRIPT,
     Spawner,
-    call,
     clean_env,
-    connect,
     copy_app,
+    reply_body,
     spawner,
     write_runner,
 )
+
+from tornado_ws_runner.client import connect
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 INSTALLED_PATH = "/usr/bin/tornado-ws-runner"
@@ -90,11 +91,8 @@ def test_sd_notify_ready_watchdog_reloading_stopping(
     daemon.wait_serving()  # logged before READY=1: the ports are open by now
 
     async def echo() -> object:
-        ws = await connect(daemon.url)
-        try:
-            return (await call(ws, "echo", "ready"))["body"]
-        finally:
-            ws.close()
+        async with connect(daemon.url) as client:
+            return await reply_body(client, "echo", "ready")
 
     assert asyncio.run(echo()) == "ready"
     # Pings every WATCHDOG_USEC / 2 (100 ms): wait for two of them.
