@@ -25,7 +25,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
@@ -50,6 +50,8 @@ from tornado.httpclient import HTTPResponse
 from wsutil import management, redis_server
 
 from tornado_ws_runner.client import Client
+from tornado_ws_runner.cluster.node import ClusterNode
+from tornado_ws_runner.settings import Cluster
 
 #: Read by fixtures/daemon/handlers/recorder.py: where on_disconnect writes its JSON lines.
 DISCONNECT_LOG_ENV = "TWR_TEST_DISCONNECT_LOG"
@@ -359,6 +361,71 @@ def test_a_killed_daemon_is_claimed_by_one_survivor_which_runs_on_disconnect_onc
         assert sorted(claimer.disconnects(), key=by_id) == sorted(lost, key=by_id)
         assert other.disconnects() == []
         for ws in (stays, alice, member):
+            await ws.close()
+
+    asyncio.run(scenario())
+
+
+class Claimer:
+    """The daemon side of a ClusterNode made in this process (cluster/node.py's Host):
+    it holds no connection, and records the on_disconnect runs a claim gives it."""
+
+    def __init__(self) -> None:
+        self.claimed: list[str] = []
+
+    async def lost(self, connection_id: str, entry: dict[str, Any]) -> None:
+        self.claimed.append(connection_id)
+
+    async def answer(self, op: str, connection_id: str, data: str | None) -> tuple[int, Any]:
+        return 410, None
+
+    def owned(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def memberships(self) -> dict[str, set[str]]:
+        return {}
+
+    async def deliver(self, connection_ids: list[str], frame: str) -> int:
+        return 0
+
+    def declared_lost(self) -> None:
+        raise AssertionError("a claimer was declared lost")
+
+
+def test_two_nodes_that_find_a_node_lost_at_the_same_moment_claim_it_once(
+    tmp_path: Path, spawn: Spawner, redis_url: str
+) -> None:
+    """The claim is one atomic step in Redis: two nodes that both see a node's heartbeat
+    expired (each asked Redis before either took it) run on_disconnect once between
+    them for each of its connections. The lost node is a daemon, SIGKILLed; the two
+    claimers are nodes made in this process, so that their claims provably overlap
+    (a daemon claims at its own heartbeat, which two daemons rarely share)."""
+    doomed = start_node(tmp_path, spawn, redis_url, "doomed")
+    settings = Cluster(redis_url=redis_url, **TIMING)
+    hosts = [Claimer(), Claimer()]
+    nodes = [
+        ClusterNode(replace(settings, node_id=f"claimer-{i}"), "http://127.0.0.1:9", host)
+        for i, host in enumerate(hosts)
+    ]
+
+    async def scenario() -> None:
+        (first, first_id), (second, second_id) = await doomed.client(), await doomed.client()
+        await until_listed(doomed, {first_id, second_id})
+        doomed.daemon.signal(signal.SIGKILL)
+        assert doomed.daemon.wait() == -signal.SIGKILL
+
+        async def expired() -> bool:
+            return not any(node["nodeId"] == "doomed" for node in await nodes[0].nodes())
+
+        await eventually("the doomed node's heartbeat to expire", expired)
+        await nodes[1].nodes()  # each claimer has its connection to Redis open: both
+        # claims send their first command before either reads its answer
+        await asyncio.gather(*(node.claim_lost_nodes() for node in nodes))
+        for node in nodes:
+            await node.stop()  # lets the on_disconnect runs it spawned finish
+        claims = sorted([host.claimed for host in hosts], key=len)
+        assert claims[0] == [] and sorted(claims[1]) == sorted([first_id, second_id])
+        for ws in (first, second):
             await ws.close()
 
     asyncio.run(scenario())

@@ -198,12 +198,12 @@ class ClusterNode:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:
                 await self._heartbeat()
-                await self._claim_lost_nodes()
+                await self.claim_lost_nodes()
             except RedisError as exc:
                 self.up = False
                 runner_log.warning("cluster: heartbeat failed: %s", exc)
 
-    async def _claim_lost_nodes(self) -> None:
+    async def claim_lost_nodes(self) -> None:
         """Nodes silent past node_timeout: the one node whose ZREM removes a lost node's
         heartbeat (atomic in Redis) takes its connections out of the directory and runs
         on_disconnect once for each."""
