@@ -429,7 +429,8 @@ def test_sighup_takes_up_runner_yaml_live_keys_and_names_those_needing_a_restart
     app: Path, spawn: Spawner
 ) -> None:
     """SIGHUP after runner.yaml changed: a live key (limits.max_message_size) holds at
-    once on the open connection; a key that needs a restart (listen.host) is logged."""
+    once for the connections opened after it (Tornado reads the limit when a connection
+    opens); a key that needs a restart (listen.host) is logged."""
     runner_yaml = write_runner(app, "logging: {access: false}\nlimits: {max_message_size: 65536}\n")
     daemon = spawn.serving("--conf", str(runner_yaml))
 
