@@ -7,7 +7,7 @@ concurrently on one connection. Built on Tornado's ``websocket_connect``.
 """
 
 from ..engine import ErrorResponse, Response
-from .connection import Client, connect
+from .connection import CallOptions, Client, connect
 from .errors import ConnectionClosed
 
-__all__ = ["Client", "ConnectionClosed", "ErrorResponse", "Response", "connect"]
+__all__ = ["CallOptions", "Client", "ConnectionClosed", "ErrorResponse", "Response", "connect"]

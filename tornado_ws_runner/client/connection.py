@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from ssl import SSLContext
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -38,13 +38,25 @@ from .frames import (
 )
 from .inbox import Inbox
 
-__all__ = ["Client", "connect"]
+__all__ = ["CallOptions", "Client", "connect"]
 
 log = logging.getLogger("tornado_ws_runner.client")
 
 #: Close codes after which ``pushes()`` simply ends: the server closed on purpose
 #: (1000: done, e.g. a management DELETE; 1001: going away, e.g. shutdown).
 _NORMAL_CLOSES = (1000, 1001)
+
+
+class CallOptions(TypedDict, total=False):
+    """What ``call``, ``stream`` and ``frames`` take besides the event's name and payload."""
+
+    #: The message's ``params``.
+    params: Mapping[str, Any] | None
+    #: Message headers, lower-cased on the way; a ``message-id`` is replaced by the
+    #: client's own.
+    headers: Mapping[str, Any] | None
+    #: Seconds: for ``call`` the whole reply, for ``stream`` and ``frames`` each frame.
+    timeout: float | None
 
 
 class Client:
@@ -156,33 +168,21 @@ class Client:
     # -- calls ------------------------------------------------------------------------
 
     async def call(
-        self,
-        name: str,
-        payload: Any = None,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
+        self, name: str, payload: Any = None, **options: Unpack[CallOptions]
     ) -> Response:
         """Sends event ``name`` and returns its reply: ``status_code``, ``headers``, ``body``.
 
         ``timeout`` bounds the whole call (TimeoutError); the connection stays usable,
         and a reply that comes later is dropped. A streamed reply is gathered: its body
-        is the list of the chunks' bodies, its headers those of the done frame. A
-        ``message-id`` in ``headers`` is replaced by the client's own.
+        is the list of the chunks' bodies, its headers those of the done frame.
         """
-        async with asyncio.timeout(timeout):
-            frames = [f async for f in self.frames(name, payload, params=params, headers=headers)]
+        message: CallOptions = {"params": options.get("params"), "headers": options.get("headers")}
+        async with asyncio.timeout(options.get("timeout")):
+            frames = [f async for f in self.frames(name, payload, **message)]
         return result_of(frames)
 
     async def stream(
-        self,
-        name: str,
-        payload: Any = None,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
+        self, name: str, payload: Any = None, **options: Unpack[CallOptions]
     ) -> AsyncGenerator[Any, None]:
         """Sends event ``name`` and yields the body of each chunk of its streamed reply.
 
@@ -192,7 +192,7 @@ class Client:
         ``timeout`` bounds the wait for each frame, not the whole stream. Leaving the
         loop early drops the rest of the stream.
         """
-        replies = self.frames(name, payload, params=params, headers=headers, timeout=timeout)
+        replies = self.frames(name, payload, **options)
         async with contextlib.aclosing(replies):
             async for frame in replies:
                 if frame.status_code >= 400:
@@ -201,17 +201,13 @@ class Client:
                     yield frame.body
 
     async def frames(
-        self,
-        name: str,
-        payload: Any = None,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
+        self, name: str, payload: Any = None, **options: Unpack[CallOptions]
     ) -> AsyncGenerator[Response, None]:
         """Sends event ``name`` and yields every frame of its reply as it is, error frames
         included (nothing is raised for a status): one frame, or a stream's chunks and
         its done frame. ``timeout`` bounds the wait for each frame."""
+        timeout = options.get("timeout")
+        params, headers = options.get("params"), options.get("headers")
         async with asyncio.timeout(timeout):
             message_id, inbox = await self._send(name, payload, params, headers)
         try:
