@@ -41,7 +41,9 @@ class RunnerState:
     phase: Phase = Phase.STARTING
     #: This daemon as a node of a cluster (cluster/node.py); None when cluster mode is off.
     cluster: ClusterNode | None = None
-    #: Every event and on_disconnect task, so shutdown can wait for them.
+    #: Every event, on_connect and on_disconnect task, held (asyncio keeps only weak
+    #: references) so shutdown can wait for them. An event's task leaves the set as it
+    #: ends (ws/handler.py), the others through ``track``'s done callback.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     #: The WebSocketHandlers whose socket is open (shutdown waits for them to close).
     sockets: set[Any] = field(default_factory=set)

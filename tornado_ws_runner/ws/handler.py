@@ -248,7 +248,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             # message goes unanswered and the 1001 tells the client so.
             return
         conn.in_flight += 1
-        self.state.track(self.state.loop.create_task(self._handle(conn, message)))
+        # Held in the runner's set (asyncio keeps only weak references to tasks), which
+        # shutdown drains; the task removes itself as it ends (_handle).
+        self.state.tasks.add(self.state.loop.create_task(self._handle(conn, message)))
 
     async def _start_when_free(self, conn: Connection, message: str | bytes) -> None:
         while conn.in_flight >= self.state.settings.limits.max_in_flight:
@@ -267,18 +269,19 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         try:
             request, message_id = codec.parse_message(message, conn.headers)
             if isinstance(request, ErrorResponse):
-                answering = True
-                await conn.send_last(codec.reply(request, message_id, self._encoding_failed))
-                return
-            event = Event(request, identity=conn.identity)
-            started = time.perf_counter()
-            response = await self.state.service.process(event)
-            self._log_event(conn, event, response, started)
+                response: Response = request
+            else:
+                event = Event(request, identity=conn.identity)
+                started = time.perf_counter()
+                response = await self.state.service.process(event)
+                self._log_event(conn, event, response, started)
             answering = True
             if isinstance(response, StreamResponse):
                 await self._stream(conn, response, message_id)
             else:
-                await conn.send_last(codec.reply(response, message_id, self._encoding_failed))
+                waiting = conn.send_last(codec.reply(response, message_id, self._encoding_failed))
+                if waiting is not None:
+                    await waiting
         except ConnectionGone:
             pass
         except Exception:
@@ -286,8 +289,13 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             if not answering:
                 error = ErrorResponse("Internal Server Error", 500)
                 with suppress(ConnectionGone):
-                    await conn.send_last(codec.reply(error, message_id, self._encoding_failed))
+                    waiting = conn.send_last(codec.reply(error, message_id, self._encoding_failed))
+                    if waiting is not None:
+                        await waiting
         finally:
+            # The task leaves the runner's set itself: a done callback per message
+            # would cost the loop one more callback to run.
+            self.state.tasks.discard(asyncio.current_task())
             conn.in_flight -= 1
             if conn.slot_free is not None and not conn.slot_free.done():
                 conn.slot_free.set_result(None)
@@ -330,7 +338,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             except Exception as exc:
                 runner_log.warning("%s stream producer failed: %r", conn.id, exc)
                 error = self.state.service.error_response(exc)
-            await conn.send_last(codec.stream_done(response, sid, message_id, error))
+            waiting = conn.send_last(codec.stream_done(response, sid, message_id, error))
+            if waiting is not None:
+                await waiting
         except asyncio.CancelledError:
             if not conn.closing:
                 raise

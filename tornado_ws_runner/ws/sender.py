@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from functools import partial
 from typing import Any, Protocol
 
@@ -132,16 +133,24 @@ class Sender:
         except WebSocketClosedError:
             raise ConnectionGone() from None
 
-    async def send_last(self, frame: str) -> None:
-        """Sends the frame its sender ends with (a reply, a stream's done frame).
+    def send_last(self, frame: str) -> Awaitable[None] | None:
+        """Sends the frame its sender ends with (a reply, a stream's done frame): None
+        once handed to Tornado, or, when the send buffer has no room for it yet, what to
+        await until it has been.
 
         Like ``send``, it waits for room in the send buffer, and the frame's bytes count
         against the bound until its Future resolves; only the sender does not wait for
-        that, since nothing of its own comes after.
+        that, since nothing of its own comes after. A plain method: most replies find
+        room, and then cost no coroutine.
         """
         data = self._encoded(frame)
         if self.pending_bytes and self.pending_bytes + len(data) > self.watch.send_buffer:
-            await self._room_for(len(data))
+            return self._write_when_room(data)
+        self._write(data)
+        return None
+
+    async def _write_when_room(self, data: bytes) -> None:
+        await self._room_for(len(data))
         self._write(data)
 
     def _encoded(self, frame: str) -> bytes:
