@@ -268,12 +268,13 @@ class Service:
             else:
                 # The deadline is a timer on the loop; a chain that finishes without
                 # waiting (most do) never needs it, so it is armed only when the chain
-                # first waits, set to expire when it would have if armed now. A chain
-                # that blocks cannot be cut either way (blocking_warning reports it).
-                expires = asyncio.get_running_loop().time() + timeout
+                # first waits, for what is left of the timeout after its first step. A
+                # chain that blocks cannot be cut either way (blocking_warning reports it).
+                began = time.perf_counter()
                 rest = first_step(self._main(event))
                 if rest is not None:
-                    await self._finish_by(rest, expires, event, timeout)
+                    left = timeout - (time.perf_counter() - began)
+                    await self._finish_within(rest, left, event, timeout)
         except Exception as error:
             await self._handle_error(event, error)
         after = self._after
@@ -320,8 +321,8 @@ class Service:
             return True
 
     @staticmethod
-    async def _finish_by(rest: Suspended, expires: float, event: Event, timeout: float) -> None:
-        deadline = asyncio.timeout_at(expires)
+    async def _finish_within(rest: Suspended, left: float, event: Event, timeout: float) -> None:
+        deadline = asyncio.timeout(left)
         try:
             async with deadline:
                 await rest

@@ -295,7 +295,7 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         finally:
             # The task leaves the runner's set itself: a done callback per message
             # would cost the loop one more callback to run.
-            self.state.tasks.discard(asyncio.current_task())
+            self.state.tasks.discard(asyncio.current_task(self.state.loop))
             conn.in_flight -= 1
             if conn.slot_free is not None and not conn.slot_free.done():
                 conn.slot_free.set_result(None)
