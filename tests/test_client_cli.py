@@ -68,12 +68,15 @@ def no_traceback(stderr: str) -> None:
 
 
 async def test_a_call_prints_its_reply_as_one_json_line_and_exits_0(serve: Serve) -> None:
+    """--header goes on the message, --connect-header on the upgrade request."""
     runner = await serve()
     code, frames, err = await run(
         ws_url(runner), "echo", "--payload", '{"a": [1, "é"]}', "--params", '{"id": 7}',
-        "--header", "X-Trace=t=1",
+        "--header", "X-Trace=t=1", "--connect-header", "Authorization=Bearer t0k",
     )  # fmt: skip
     assert (code, err) == (0, "")
+    assert PROBE.connects[-1].request.headers["authorization"] == "Bearer t0k"
+    assert "authorization" not in PROBE.events[-1].request.headers  # the upgrade's only
     [frame] = frames
     assert frame["statusCode"] == 200 and frame["headers"]["x-echo"] == "yes"
     assert frame["body"]["payload"] == {"a": [1, "é"]} and frame["body"]["params"] == {"id": 7}

@@ -137,6 +137,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a message header (repeat for more)",
     )
     p.add_argument(
+        "--connect-header",
+        metavar="K=V",
+        type=_header,
+        action="append",
+        default=[],
+        help="a header of the upgrade request, which on_connect sees (repeat for more)",
+    )
+    p.add_argument(
         "--subprotocol",
         metavar="NAME",
         action="append",
@@ -171,7 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _connect(args: argparse.Namespace) -> contextlib.AbstractAsyncContextManager[Client]:
-    return connect(args.url, subprotocols=args.subprotocol, ca_certs=args.cafile)
+    return connect(
+        args.url,
+        subprotocols=args.subprotocol,
+        headers=dict(args.connect_header),
+        ca_certs=args.cafile,
+    )
 
 
 def _dumps(frame: Any, pretty: bool) -> str:
