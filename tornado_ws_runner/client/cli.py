@@ -128,29 +128,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", nargs="?", help="the event; none: interactive")
     p.add_argument("--payload", metavar="JSON", type=_strict_json, help="the message's payload")
     p.add_argument("--params", metavar="JSON", type=_json_object, help="the message's params")
-    p.add_argument(
-        "--header",
-        metavar="K=V",
-        type=_header,
-        action="append",
-        default=[],
-        help="a message header (repeat for more)",
+    repeatable = (
+        ("--header", "K=V", _header, "a message header"),
+        ("--connect-header", "K=V", _header, "a header of the upgrade request, for on_connect"),
+        ("--subprotocol", "NAME", str, "offer a subprotocol"),
     )
-    p.add_argument(
-        "--connect-header",
-        metavar="K=V",
-        type=_header,
-        action="append",
-        default=[],
-        help="a header of the upgrade request, which on_connect sees (repeat for more)",
-    )
-    p.add_argument(
-        "--subprotocol",
-        metavar="NAME",
-        action="append",
-        default=[],
-        help="offer a subprotocol (repeat for more)",
-    )
+    for flag, metavar, kind, what in repeatable:
+        p.add_argument(
+            flag, metavar=metavar, type=kind, action="append", default=[], help=f"{what} (repeat)"
+        )
     p.add_argument("--cafile", metavar="PATH", help="CA certificates to trust for wss://")
     p.add_argument(
         "--timeout", metavar="SECONDS", type=_seconds, help="wait at most this for each frame"

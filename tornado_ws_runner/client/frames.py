@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..engine import ErrorResponse, Response
+from ..ws.codec import strict_dumps
 
 __all__ = [
     "MessageIds",
@@ -70,7 +71,7 @@ def encode_message(
         message["params"] = dict(params)
     if payload is not None:
         message["payload"] = payload
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return strict_dumps(message)
 
 
 def decode_frame(data: str | bytes) -> Response | None:

@@ -316,6 +316,21 @@ class _ConnectionRoute(BaseHandler):
         local = self.state.registry.get(connection_id)
         return self.state.cluster is not None and (local is None or local.closing)
 
+    async def forward(self, op: str, connection_id: str, data: str | None) -> tuple[int, Any]:
+        """The answer of the node that holds the connection (cluster mode); Redis out of
+        reach (here or there) is 503, a node that does not answer in time 504."""
+        cluster = self.state.cluster
+        assert cluster is not None
+        try:
+            status, body = await cluster.forward(op, connection_id, data)
+        except ClusterUnavailable as exc:
+            raise unavailable(exc) from None
+        except ForwardTimeout as exc:
+            raise Problem(504, f"Node {exc} did not answer in time.") from None
+        if status == 503:
+            raise unavailable(ClusterUnavailable(f"from the node that holds {connection_id}"))
+        return status, body
+
     def frame_of_body(self) -> str:
         """The frame a POST delivers: 200, the request's headers that go along, the body."""
         try:
@@ -374,14 +389,7 @@ class ConnectionHandler(_ConnectionRoute):
 
     async def forwarded(self, op: str, connection_id: str, frame: str | None) -> None:
         """Answers with what the owning node answered (or 410, 503, 504)."""
-        cluster = self.state.cluster
-        assert cluster is not None
-        try:
-            status, body = await cluster.forward(op, connection_id, frame)
-        except ClusterUnavailable as exc:
-            raise unavailable(exc) from None
-        except ForwardTimeout as exc:
-            raise Problem(504, f"Node {exc} did not answer in time.") from None
+        status, body = await self.forward(op, connection_id, frame)
         if status >= 400:
             raise Problem(status, f"No open connection '{connection_id}'.")
         if body is None:
@@ -477,18 +485,13 @@ class GroupMemberHandler(_ConnectionRoute):
 
     async def change(self, op: str, group: str, connection_id: str) -> int:
         """Joins or leaves here, or on the node that holds the connection: 204 or 410."""
-        cluster = self.state.cluster
+        if self.is_remote(connection_id):
+            status, _ = await self.forward(op, connection_id, group)
+            return status
         try:
-            if cluster is None or not self.is_remote(connection_id):
-                return await change_membership(self.state, op, group, connection_id)
-            status, _ = await cluster.forward(op, connection_id, group)
+            return await change_membership(self.state, op, group, connection_id)
         except ClusterUnavailable as exc:
             raise unavailable(exc) from None
-        except ForwardTimeout as exc:
-            raise Problem(504, f"Node {exc} did not answer in time.") from None
-        if status == 503:
-            raise Problem(503, "The cluster's directory (Redis) cannot be reached.")
-        return status
 
 
 async def deliver_local(state: RunnerState, connection_ids: list[str], frame: str) -> int:
