@@ -419,7 +419,7 @@ class ClusterNode:
         started = time.perf_counter()
         outcome = "unavailable"
         try:
-            answer = await self._forward(op, connection_id, data)
+            answer = await self._call(None, {"op": op, "id": connection_id}, data)
             outcome = "gone" if answer[0] == 410 else "answered"
             return answer
         except ForwardTimeout:
@@ -428,9 +428,6 @@ class ClusterNode:
         finally:
             self.forwarded[outcome] += 1
             self.forward_seconds += time.perf_counter() - started
-
-    async def _forward(self, op: str, connection_id: str, data: str | None) -> tuple[int, Any]:
-        return await self._call(None, {"op": op, "id": connection_id}, data)
 
     async def _call(
         self, node: str | None, call: dict[str, Any], data: str | None
@@ -498,7 +495,7 @@ class ClusterNode:
                     json.dumps(entry, default=str),
                 )
             for connection_id, groups in self._host.memberships().items():
-                if connection_id in owned and groups:
+                if connection_id in owned:
                     for group in groups:
                         pipe.sadd(self.key(f"group:{group}"), connection_id)
                     pipe.sadd(self.key(f"groups-of:{connection_id}"), *groups)
