@@ -198,7 +198,9 @@ async def test_every_message_id_gets_one_answer_however_deep(serve: Serve) -> No
     nothing is logged as a task exception (the serve fixture fails on any)."""
     runner = await serve()
     limit = sys.getrecursionlimit()
-    depths = list(range(limit - 120, limit + 10, 5))
+    # Every depth: only the encoder fails in a window a few levels wide, whose place
+    # depends on how deep the stack is when a message is answered.
+    depths = list(range(limit - 120, limit + 10))
     conn = await tornado_connect(ws_url(runner))
     for depth in depths:
         message_id = nested(depth)

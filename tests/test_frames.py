@@ -46,6 +46,22 @@ async def test_several_frames_in_one_write_are_each_answered_in_order(serve: Ser
     raw.abort()
 
 
+async def test_many_clients_each_pipelining_get_every_reply_in_order(serve: Serve) -> None:
+    """Eight clients each write thirty frames at once: every loop turn then answers
+    several messages, so replies are held to the turn's end and written together (the
+    send path's batching); each client still gets all thirty, in order."""
+    runner = await serve()
+    clients = [await RawClient.connect(runner.ports["listen"], "/frames") for _ in range(8)]
+    for c, raw in enumerate(clients):
+        frames = (RawClient.frame(echo(f"c{c}-{i}", "p" * i).encode()) for i in range(30))
+        await raw.send_bytes(b"".join(frames))
+    for c, raw in enumerate(clients):
+        answers = [await reply(raw) for _ in range(30)]
+        assert [a["headers"]["message-id"] for a in answers] == [f"c{c}-{i}" for i in range(30)]
+        assert [a["body"]["payload"] for a in answers] == ["p" * i for i in range(30)]
+        raw.abort()
+
+
 @pytest.mark.parametrize("size", [20, 200, 70_000])
 async def test_a_frame_cut_at_every_header_byte_is_answered(serve: Serve, size: int) -> None:
     """A frame's first 24 bytes (header, length of each encoding, mask, some payload)

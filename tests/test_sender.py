@@ -41,6 +41,7 @@ class FakeSocket:
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         self.closed = (code, reason)
+        self.written_before_close = [message for message, _ in self.writes]
 
     def abort(self) -> None:
         self.aborted = True
@@ -228,3 +229,90 @@ async def test_sweep_drops_only_clients_stuck_past_the_send_timeout() -> None:
     stuck_t.writes[0][1].set_exception(WebSocketClosedError())
     with pytest.raises(ConnectionGone):
         await asyncio.wait_for(stuck_send, 1)
+
+
+async def turn_ends() -> None:
+    """Returns after the loop's current turn: past the callbacks scheduled so far."""
+    loop = asyncio.get_running_loop()
+    later = loop.create_future()
+    loop.call_soon(later.set_result, None)
+    await later
+
+
+def written(transport: FakeSocket) -> list[Any]:
+    return [message for message, _ in transport.writes]
+
+
+async def test_replies_are_held_to_the_turns_end_only_after_a_turn_of_several() -> None:
+    """A lone reply is written at once; after a turn with more than one reply, the next
+    turn's replies wait for its end (counted against the bound meanwhile), then go out
+    in the order they came; a lone reply again turns holding off."""
+    watch, a_t, a = connection(send_buffer=1000)
+    b_t = FakeSocket()
+    b = Connection(a.registry, watch, b_t)
+    a.send_last("a1")
+    assert written(a_t) == [b"a1"], "a lone reply goes at once"
+    await turn_ends()
+    a.send_last("a2")
+    b.send_last("b2")
+    assert written(a_t) == [b"a1", b"a2"] and written(b_t) == [b"b2"]
+    await turn_ends()
+    a.send_last("a3")
+    b.send_last("b3")
+    a.send_last("a4")
+    assert written(a_t) == [b"a1", b"a2"] and written(b_t) == [b"b2"], "held this turn"
+    assert a.pending_bytes == 2 + 2 + 2 + 2 and b.pending_bytes == 2 + 2
+    await turn_ends()
+    assert written(a_t) == [b"a1", b"a2", b"a3", b"a4"] and written(b_t) == [b"b2", b"b3"]
+    a.send_last("a5")
+    assert written(a_t)[-1] == b"a4", "the turn before had three: held"
+    await turn_ends()
+    assert written(a_t)[-1] == b"a5"
+    a.send_last("a6")
+    assert written(a_t)[-1] == b"a6", "the turn before had one: at once"
+    a_t.flush(6)
+    b_t.flush(2)
+    await until(lambda: not watch.sending, "every frame to be flushed")
+    assert watch.frames_out == 8
+
+
+async def hold_next_turn(conn: Connection) -> None:
+    """Makes the next turn hold its replies: this one answers twice."""
+    conn.send_last("x")
+    conn.send_last("y")
+    await turn_ends()
+
+
+async def test_a_connections_held_replies_go_before_its_other_frames_and_its_close() -> None:
+    """A frame sent while the connection has replies held goes after them, and so does
+    a close frame: answered replies are not lost to a close in the same turn."""
+    _, transport, conn = connection(send_buffer=1000)
+    await hold_next_turn(conn)
+    conn.send_last("reply")
+    conn.write(b"push")
+    assert written(transport)[2:] == [b"reply", b"push"]
+    await turn_ends()
+    await hold_next_turn(conn)
+    conn.send_last("last")
+    conn.close(1000, "bye")
+    assert transport.closed == (1000, "bye")
+    assert transport.written_before_close[-1] == b"last"
+
+
+async def test_a_held_reply_to_a_client_gone_meanwhile_is_dropped_and_leaves_the_bound() -> None:
+    """The client left before the turn's end: its held reply is not written, its bytes
+    leave the bound, and the other held replies still go out."""
+    watch, gone_t, gone = connection(send_buffer=1000)
+    staying_t = FakeSocket()
+    staying = Connection(gone.registry, watch, staying_t)
+    await hold_next_turn(gone)
+    gone.send_last("lost")
+    staying.send_last("kept")
+    assert gone.pending_bytes == 2 + 4
+    gone.mark_closed(1006)
+    gone_t.fail = WebSocketClosedError()  # as Tornado does once the client has gone
+    await turn_ends()
+    assert written(gone_t) == [b"x", b"y"] and written(staying_t) == [b"kept"]
+    gone_t.flush(2)
+    await until(lambda: gone.pending_bytes == 0, "the held reply's bytes to leave")
+    assert gone not in watch.sending

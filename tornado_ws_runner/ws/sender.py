@@ -18,6 +18,14 @@ A frame's bytes leave the bound when its Future resolves (a done callback), so t
 sender of a message's last frame (``send_last``) need not wait for it: its task ends,
 and its bytes still hold back the connection's next senders.
 
+Replies under load are written together. Each write to a socket can wake the reader at
+the other end, and replies written one by one, each after its own message's work, wake
+it once per reply. So when the loop's previous turn wrote more than one reply, the
+replies of this turn are held (their bytes already count against the bound) and written
+back to back at the start of the next one, in order; a lone reply, as one client's
+round trip makes, is written at once. A connection's held replies are written before
+any other frame of it and before its close.
+
 A stream's task is cancelled when its client leaves, so that its producer is closed at
 once. Its waits for a frame's Future are shielded: cancelling that Future would cancel
 Tornado's own write Future inside it, which Tornado then reports as an error.
@@ -35,6 +43,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.websocket import WebSocketClosedError
 
 from ..errors import ConnectionGone
+from ..log import runner_log
 
 __all__ = ["SendWatch", "Sender", "Socket"]
 
@@ -68,6 +77,11 @@ class SendWatch:
         self.bytes_out = 0  # their bytes (UTF-8 text)
         self.slow_consumers = 0  # connections closed by the send timeout
         self._timer: PeriodicCallback | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: The replies of the open turn that wait for its end; None: no turn is open.
+        self._held: list[tuple[Sender, bytes]] | None = None
+        self._replies = 0  # replies written or held in the open turn
+        self._hold = False  # the turn before had more than one reply: hold this turn's
 
     def start(self) -> None:
         """Sweeps four times per send timeout (at most once a second, at least every 50 ms),
@@ -81,6 +95,35 @@ class SendWatch:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+
+    def reply(self, sender: Sender, data: bytes) -> None:
+        """Writes a message's last frame now, or holds it to the end of the turn (see
+        the module); either way its bytes count against the bound from here."""
+        if self._held is None:
+            self._held = []
+            self._replies = 0
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._end_turn)
+        self._replies += 1
+        if self._hold:
+            sender.hold(len(data))
+            self._held.append((sender, data))
+        else:
+            sender.write(data)
+
+    def write_held(self) -> None:
+        """Writes every held reply now, in the order they came."""
+        held = self._held
+        if held:
+            self._held = []
+            for sender, data in held:
+                sender.release(data)
+
+    def _end_turn(self) -> None:
+        self.write_held()
+        self._held = None
+        self._hold = self._replies > 1
 
     def sweep(self) -> None:
         """Drops the clients whose frames made no progress within the send timeout."""
@@ -98,6 +141,7 @@ class Sender:
     __slots__ = (
         "_drained",
         "closing",
+        "held",
         "last_progress",
         "pending_bytes",
         "socket",
@@ -110,6 +154,7 @@ class Sender:
         self.socket = socket
         self.closing = False
         self.pending_bytes = 0
+        self.held = 0  # replies the watch holds to the end of the turn
         self.last_progress = 0.0
         self._drained: asyncio.Future[None] | None = None
         #: The stream tasks sending to this client; made at the first stream (most
@@ -124,7 +169,7 @@ class Sender:
         data = self._encoded(frame)
         if self.pending_bytes and self.pending_bytes + len(data) > self.watch.send_buffer:
             await self._room_for(len(data))
-        written = self._write(data)
+        written = self.write(data)
         try:
             if self.streams and asyncio.current_task() in self.streams:
                 await asyncio.shield(written)
@@ -135,8 +180,8 @@ class Sender:
 
     def send_last(self, frame: str) -> Awaitable[None] | None:
         """Sends the frame its sender ends with (a reply, a stream's done frame): None
-        once handed to Tornado, or, when the send buffer has no room for it yet, what to
-        await until it has been.
+        once handed on (to Tornado, or held to the end of the turn), or, when the send
+        buffer has no room for it yet, what to await until it has been.
 
         Like ``send``, it waits for room in the send buffer, and the frame's bytes count
         against the bound until its Future resolves; only the sender does not wait for
@@ -146,12 +191,12 @@ class Sender:
         data = self._encoded(frame)
         if self.pending_bytes and self.pending_bytes + len(data) > self.watch.send_buffer:
             return self._write_when_room(data)
-        self._write(data)
+        self.watch.reply(self, data)
         return None
 
     async def _write_when_room(self, data: bytes) -> None:
         await self._room_for(len(data))
-        self._write(data)
+        self.watch.reply(self, data)
 
     def _encoded(self, frame: str) -> bytes:
         if self.closing:
@@ -169,27 +214,53 @@ class Sender:
             if self.closing:
                 raise ConnectionGone()
 
-    def _write(self, data: bytes) -> asyncio.Future[None]:
+    def write(self, data: bytes) -> asyncio.Future[None]:
+        """Hands a frame to Tornado, after this connection's held replies."""
+        if self.held:
+            self.watch.write_held()
         try:
             written = self.socket.write_message(data)
         except WebSocketClosedError:
             raise ConnectionGone() from None
         size = len(data)
+        self._count(size)
+        written.add_done_callback(partial(self._flushed, size))
+        return written
+
+    def hold(self, size: int) -> None:
+        """A reply of ``size`` bytes waits for the end of the turn (SendWatch.reply)."""
+        self.held += 1
+        self._count(size)
+
+    def release(self, data: bytes) -> None:
+        """Hands a held reply to Tornado; one for a client gone meanwhile is dropped."""
+        self.held -= 1
+        size = len(data)
+        try:
+            written = self.socket.write_message(data)
+        except WebSocketClosedError:
+            self._flushed(size)
+        except Exception:  # the other held replies still go out
+            runner_log.exception("writing a held reply failed")
+            self._flushed(size)
+        else:
+            written.add_done_callback(partial(self._flushed, size))
+
+    def _count(self, size: int) -> None:
         if not self.pending_bytes:
             self.last_progress = time.monotonic()
             self.watch.sending.add(self)
         self.pending_bytes += size
-        written.add_done_callback(partial(self._flushed, size))
-        return written
 
-    def _flushed(self, size: int, written: asyncio.Future[None]) -> None:
-        """Tornado has flushed the frame, or failed to: its bytes leave the bound."""
+    def _flushed(self, size: int, written: asyncio.Future[None] | None = None) -> None:
+        """Tornado has flushed the frame, or failed to (or never took it: no
+        ``written``): its bytes leave the bound."""
         self.pending_bytes -= size
         self.last_progress = time.monotonic()
         watch = self.watch
         if not self.pending_bytes:
             watch.sending.discard(self)
-        if not written.cancelled() and written.exception() is None:
+        if written is not None and not written.cancelled() and written.exception() is None:
             watch.frames_out += 1
             watch.bytes_out += size
         self._wake()
@@ -222,6 +293,8 @@ class Sender:
 
     def close(self, code: int = 1000, reason: str = "") -> bool:
         """Closes the connection from the server's side; True when this call started it."""
+        if self.held:  # replies already answered go out before the close frame
+            self.watch.write_held()
         first = self.mark_closed(code)
         self.socket.close(code, reason)
         return first
