@@ -115,9 +115,9 @@ class Route:
         self.log_errors = _RANK[spec.log_level] >= _RANK["error"]
 
     async def run(self, event: Event) -> None:
-        tracing = engine_log.isEnabledFor(TRACE)
         for policy in self.policies:
-            started = time.perf_counter() if tracing and policy.trace else 0.0
+            traced = policy.trace and engine_log.isEnabledFor(TRACE)
+            started = time.perf_counter() if traced else 0.0
             try:
                 result = policy.call(event)
                 # Most sync handlers return None; isawaitable's ABC check is the costly part.

@@ -72,8 +72,10 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _utf8_safe(text: str) -> str:
     """JSON text that encodes to UTF-8: a lone surrogate (which a client can send as a
-    ``"\\ud800"`` escape) is written back as that escape instead of failing the send."""
-    if text.isascii():  # O(1) in CPython
+    ``"\\ud800"`` escape) is written back as that escape instead of failing the send.
+    ``isascii`` is O(1) in CPython; the dumps functions test it before calling, since
+    most frames are ASCII."""
+    if text.isascii():
         return text
     try:
         text.encode("utf-8")  # C speed; a regex scan for surrogates costs several times more
@@ -83,11 +85,13 @@ def _utf8_safe(text: str) -> str:
 
 
 def dumps(value: Any) -> str:
-    return _utf8_safe(_encode(value))
+    text = _encode(value)
+    return text if text.isascii() else _utf8_safe(text)
 
 
 def strict_dumps(value: Any) -> str:
-    return _utf8_safe(_strict_encode(value))
+    text = _strict_encode(value)
+    return text if text.isascii() else _utf8_safe(text)
 
 
 def _not_json(constant: str) -> Any:
@@ -104,12 +108,23 @@ def _finite(text: str) -> float:
 
 
 #: Built once: json.loads with an option builds a new decoder on every call.
-_decode = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite).decode
+_decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+_decode, _raw_decode = _decoder.decode, _decoder.raw_decode
 
 
 def loads(text: str) -> Any:
-    """Strict JSON: NaN, Infinity and numbers that overflow a float raise ValueError."""
-    return _decode(text)
+    """Strict JSON: NaN, Infinity and numbers that overflow a float raise ValueError.
+
+    ``raw_decode`` first: a message is one JSON value with nothing around it, and
+    ``decode`` would scan for whitespace on both sides of it; anything else (leading or
+    trailing whitespace, more text, not JSON) is left to ``decode``, which accepts or
+    rejects it as ``json.loads`` does.
+    """
+    try:
+        value, end = _raw_decode(text)
+    except ValueError:
+        return _decode(text)
+    return value if end == len(text) else _decode(text)
 
 
 def _bad(message_id: Any, details: str) -> tuple[ErrorResponse, Any]:
@@ -132,7 +147,7 @@ def parse_message(
         except UnicodeDecodeError:
             return _bad(None, "A binary frame must hold UTF-8 text.")
     try:
-        message = _decode(data)
+        message = loads(data)
     except (ValueError, RecursionError):
         message = None
     if not isinstance(message, dict):

@@ -223,7 +223,10 @@ class Sender:
         except WebSocketClosedError:
             raise ConnectionGone() from None
         size = len(data)
-        self._count(size)
+        if not self.pending_bytes:  # as _count does, without a call per frame
+            self.last_progress = time.monotonic()
+            self.watch.sending.add(self)
+        self.pending_bytes += size
         written.add_done_callback(partial(self._flushed, size))
         return written
 
@@ -263,7 +266,9 @@ class Sender:
         if written is not None and not written.cancelled() and written.exception() is None:
             watch.frames_out += 1
             watch.bytes_out += size
-        self._wake()
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     def _wake(self) -> None:
         if self._drained is not None and not self._drained.done():
