@@ -713,3 +713,38 @@ def test_handler_may_add_its_own_event_attributes(write):
     """As in Node, a handler can hang its own data on the event."""
     (response,) = run(error_service(write), Request("own_attribute"))
     assert (response.status_code, response.body) == (200, "ada")
+
+
+PLAIN_HANDLERS = """\
+def plain_handler(event):
+    pass
+
+
+async def async_handler(event):
+    pass
+"""
+
+PLAIN = """\
+api:
+  events:
+    - name: plain
+      policies: [plain_handler]
+    - name: waits
+      policies: [plain_handler, async_handler]
+"""
+
+
+def test_runs_plain_names_the_events_whose_every_step_is_a_plain_function(write):
+    """Only once the service has warmed up. An async handler in an event's chain rules
+    that event out; one in a hook around every event, all of them; an unconfigured name
+    goes as catchall does (without one, its 501 calls nothing)."""
+    write("handlers/plain.py", PLAIN_HANDLERS)
+    service = Service.load(write("config.yaml", PLAIN))
+    assert not service.runs_plain("plain")
+    run(service, Request("plain"))
+    assert [service.runs_plain(n) for n in ("plain", "waits", "unknown")] == [True, False, True]
+    for hook, expected in (("on_after_request", [False, False]), ("catchall", [True, False])):
+        config = f"{PLAIN}    - name: {hook}\n      policies: [async_handler]\n"
+        hooked = Service.load(write("config.yaml", config))
+        run(hooked, Request("plain"))
+        assert [hooked.runs_plain(n) for n in ("plain", "unknown")] == expected, hook

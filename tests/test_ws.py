@@ -627,6 +627,27 @@ async def test_a_context_variable_set_by_one_message_is_not_seen_by_the_next(
             assert answer["body"] == {"seen": None}
 
 
+async def test_a_plain_handlers_awaitable_runs_in_a_task_of_its_own(serve: Any) -> None:
+    """A lone client's chain of plain functions is answered outside any task of the
+    message's; an awaitable such a function returns runs as a task of its own, so an
+    asyncio.timeout it enters cuts only its own wait and the connection goes on."""
+    runner = await serve()
+    async with websockets_connect(ws_url(runner)) as ws:
+        own = await ask(ws, {"name": "plainTimeout"})
+        assert (own["statusCode"], own["body"]) == (200, "my deadline passed")
+        assert (await ask(ws, {"name": "echo"}))["statusCode"] == 200
+
+
+async def test_the_handler_deadline_of_a_plain_chain_that_waits_answers_504(serve: Any) -> None:
+    """timeouts.handler holds for a chain of plain functions that ends up waiting; the
+    connection goes on."""
+    runner = await serve(timeouts={"handler": 0.2})
+    async with websockets_connect(ws_url(runner)) as ws:
+        late = await ask(ws, {"name": "plainWait", "payload": {"gate": "never"}})
+        assert late["statusCode"] == 504
+        assert (await ask(ws, {"name": "echo"}))["statusCode"] == 200
+
+
 # -- push -----------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ backpressure, the per-connection send bound, slow and vanishing clients."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from typing import Any
 
@@ -242,6 +243,20 @@ async def test_a_client_vanishing_mid_stream_closes_the_producer(serve: Serve) -
     await until(lambda: PROBE.disconnects_of(cid), "on_disconnect")
     await until(lambda: not registry(runner).get(cid) and not runner.state.tasks, "cleanup")
     assert len(PROBE.disconnects_of(cid)) == 1
+
+
+async def test_a_client_leaving_while_the_producer_waits_closes_it_at_once(
+    serve: Serve,
+) -> None:
+    """The client of a plain handler's stream leaves while the producer waits between
+    chunks: the producer is closed then, not left waiting."""
+    runner = await serve()
+    raw = await RawClient.connect(runner.ports["listen"], "/stream")
+    await raw.send_text('{"name": "waitingStream", "params": {"gate": "w"}}')
+    opcode, payload = await raw.read_frame()
+    assert opcode == 0x1 and json.loads(payload)["body"] == "first"
+    raw.abort()
+    await until(lambda: PROBE.flags.get("w_closed"), "the producer to be closed", timeout=2)
 
 
 async def test_a_client_stuck_past_the_send_timeout_is_disconnected(

@@ -3,8 +3,8 @@
 Most handler chains never wait for anything: they finish in their first step, and a
 deadline (a timer on the loop) would be armed and cancelled for nothing. ``first_step``
 runs a coroutine up to its first suspension; only a chain that suspended goes on under
-the deadline, from where it stopped, in the same task, so ``asyncio.current_task()`` and
-anything bound to it stay right.
+the deadline, from where it stopped, in the task that drives it, so
+``asyncio.current_task()`` and anything bound to it stay right.
 """
 
 from __future__ import annotations

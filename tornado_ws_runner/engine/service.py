@@ -120,9 +120,14 @@ class Route:
             started = time.perf_counter() if traced else 0.0
             try:
                 result = policy.call(event)
-                # Most sync handlers return None; isawaitable's ABC check is the costly part.
-                if result is not None and (policy.is_async or inspect.isawaitable(result)):
+                if policy.is_async:
                     result = await result
+                # Most sync handlers return None; isawaitable's ABC check is the costly part.
+                elif result is not None and inspect.isawaitable(result):
+                    # A task of its own: a chain of plain functions may be run outside any
+                    # task (Service.runs_plain), and this awaitable's code may ask for
+                    # its task (asyncio.timeout does).
+                    result = await asyncio.ensure_future(result)
                 if result is COMPLETE:
                     break
             finally:
@@ -135,6 +140,10 @@ class Route:
                         policy.name,
                         (time.perf_counter() - started) * 1e3,
                     )
+
+
+def _plain(route: Route | None) -> bool:
+    return route is None or not any(policy.is_async for policy in route.policies)
 
 
 def build_routes(config: ApiConfig, reload: bool = False) -> dict[str, Route]:
@@ -218,6 +227,11 @@ class Service:
         self._after = routes.get("on_after_request")
         self._catchall = routes.get("catchall")
         self._traced = any(route.trace for route in routes.values())
+        # The events whose every step is a plain function (runs_plain).
+        hooks = [routes.get(name) for name in ("on_before_request", "on_success", "on_error")]
+        plain_hooks = all(_plain(route) for route in [*hooks, self._after])
+        self._plain = {name for name, route in routes.items() if plain_hooks and _plain(route)}
+        self._plain_unrouted = plain_hooks and _plain(self._catchall)
         self._first_lock: asyncio.Lock | None = None
         #: on_start and on_first_request have succeeded: process() goes straight on.
         self._warm = False
@@ -244,6 +258,16 @@ class Service:
 
     def has_event(self, name: str) -> bool:
         return name in self.routes
+
+    def runs_plain(self, name: str | None) -> bool:
+        """Whether processing an event named ``name`` calls only plain functions (no
+        ``async def`` handler in its chain or in the hooks around it) once the service
+        has started: its first step then runs no coroutine of the application, so a
+        caller may take that step outside any task of its own (the client port does,
+        when it is not under load, to answer in the turn the message came in)."""
+        if not self._warm:
+            return False
+        return name in self._plain or (name not in self.routes and self._plain_unrouted)
 
     async def start(self) -> None:
         """Runs ``on_start`` once; its failure propagates, so a daemon refuses to start."""
@@ -322,6 +346,14 @@ class Service:
 
     @staticmethod
     async def _finish_within(rest: Suspended, left: float, event: Event, timeout: float) -> None:
+        # The deadline cancels the task it was made in, which must be the one that goes
+        # on with the chain; the first step may have run outside it (runs_plain). One
+        # turn of the loop first, then, in whichever task drives this.
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            rest.close()
+            raise
         deadline = asyncio.timeout(left)
         try:
             async with deadline:

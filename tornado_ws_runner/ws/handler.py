@@ -1,7 +1,8 @@
 """The client port's WebSocketHandler: socket -> codec -> engine -> codec -> socket.
 
 Tornado reads the frames and calls ``on_message``; each message runs as a task of its
-own. Backpressure is explicit at both ends. Reading: when ``limits.max_in_flight``
+own, or, when the runner is not under load and its chain is all plain functions, at
+once (``_start``). Backpressure is explicit at both ends. Reading: when ``limits.max_in_flight``
 messages of a connection are running, ``on_message`` returns an awaitable, and Tornado
 reads no further frame of that client until it resolves, so a client that floods waits
 in its own TCP window. Writing: every frame goes through the connection's send path
@@ -11,6 +12,7 @@ in its own TCP window. Writing: every frame goes through the connection's send p
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
@@ -23,7 +25,8 @@ import tornado.iostream
 import tornado.web
 import tornado.websocket
 
-from ..engine import ErrorResponse, Event, Identity, Response, StreamResponse
+from ..engine import ErrorResponse, Event, Identity, Request, Response, StreamResponse
+from ..engine.deadline import first_step
 from ..errors import ConnectionGone
 from ..log import access, runner_log
 from ..runtime import Phase, RunnerState
@@ -218,10 +221,10 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
     # -- messages ----------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
-        """Starts the message's event as a task; returns what Tornado waits for before
-        it reads this client's next frame.
+        """Starts the message's event (see ``_start``); returns what Tornado waits for
+        before it reads this client's next frame.
 
-        That is one turn of the loop, in which the task takes its first step (a message
+        That is one turn of the loop, in which the event takes its first step (a message
         that never waits is answered in it): reading at once would find nothing yet on
         the socket, and each empty read costs system calls for Tornado to register for
         the next one. When ``max_in_flight`` events are running, it is the start of
@@ -242,15 +245,32 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
         return turn
 
     def _start(self, conn: Connection, message: str | bytes) -> None:
-        if self.state.phase is not Phase.READY:
+        """Runs the message's event as a task; or, when the runner is not under load
+        (its send path holds no replies) and the event's chain is all plain functions
+        (``Service.runs_plain``), takes its first step here and now, so a lone
+        client's reply leaves in this turn of the loop instead of the next. That step
+        runs in a copy of the context, as a task's would; if it has to wait, a task
+        goes on from where it stopped."""
+        state = self.state
+        if state.phase is not Phase.READY:
             # Shutting down: the drain waits for the events already taken up; one started
             # now could be cut by the 1001 close with its reply lost. Not taken up, the
             # message goes unanswered and the 1001 tells the client so.
             return
         conn.in_flight += 1
-        # Held in the runner's set (asyncio keeps only weak references to tasks), which
-        # shutdown drains; the task removes itself as it ends (_handle).
-        self.state.tasks.add(self.state.loop.create_task(self._handle(conn, message)))
+        request, message_id = codec.parse_message(message, conn.headers)
+        handling = self._handle(conn, request, message_id)
+        if state.watch.holding or not (
+            isinstance(request, ErrorResponse) or state.service.runs_plain(request.name)
+        ):
+            # Held in the runner's set (asyncio keeps only weak references to tasks),
+            # which shutdown drains; the task removes itself as it ends (_handle).
+            state.tasks.add(state.loop.create_task(handling))
+            return
+        context = contextvars.copy_context()
+        rest = context.run(first_step, handling)
+        if rest is not None:
+            state.tasks.add(state.loop.create_task(rest, context=context))
 
     async def _start_when_free(self, conn: Connection, message: str | bytes) -> None:
         while conn.in_flight >= self.state.settings.limits.max_in_flight:
@@ -261,13 +281,13 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
                 return
         self._start(conn, message)
 
-    async def _handle(self, conn: Connection, message: str | bytes) -> None:
+    async def _handle(
+        self, conn: Connection, request: Request | ErrorResponse, message_id: Any
+    ) -> None:
         """Answers one message with exactly one frame (a stream: its chunks, then one
         done frame), whatever the message and the handlers' response hold."""
-        message_id: Any = None
         answering = False
         try:
-            request, message_id = codec.parse_message(message, conn.headers)
             if isinstance(request, ErrorResponse):
                 response: Response = request
             else:
@@ -277,7 +297,9 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
                 self._log_event(conn, event, response, started)
             answering = True
             if isinstance(response, StreamResponse):
-                await self._stream(conn, response, message_id)
+                # A task of its own, which a client that leaves cancels (Sender.streams):
+                # this one may be running outside any task (_start).
+                await self.state.loop.create_task(self._stream(conn, response, message_id))
             else:
                 waiting = conn.send_last(codec.reply(response, message_id, self._encoding_failed))
                 if waiting is not None:
@@ -294,7 +316,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
                         await waiting
         finally:
             # The task leaves the runner's set itself: a done callback per message
-            # would cost the loop one more callback to run.
+            # would cost the loop one more callback to run. (Run outside a task of its
+            # own, there is nothing to remove: Tornado's task is not in the set.)
             self.state.tasks.discard(asyncio.current_task(self.state.loop))
             conn.in_flight -= 1
             if conn.slot_free is not None and not conn.slot_free.done():

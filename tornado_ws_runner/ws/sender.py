@@ -81,7 +81,8 @@ class SendWatch:
         #: The replies of the open turn that wait for its end; None: no turn is open.
         self._held: list[tuple[Sender, bytes]] | None = None
         self._replies = 0  # replies written or held in the open turn
-        self._hold = False  # the turn before had more than one reply: hold this turn's
+        #: The turn before had more than one reply: this turn's replies are held.
+        self.holding = False
 
     def start(self) -> None:
         """Sweeps four times per send timeout (at most once a second, at least every 50 ms),
@@ -106,7 +107,7 @@ class SendWatch:
                 self._loop = asyncio.get_running_loop()
             self._loop.call_soon(self._end_turn)
         self._replies += 1
-        if self._hold:
+        if self.holding:
             sender.hold(len(data))
             self._held.append((sender, data))
         else:
@@ -123,7 +124,7 @@ class SendWatch:
     def _end_turn(self) -> None:
         self.write_held()
         self._held = None
-        self._hold = self._replies > 1
+        self.holding = self._replies > 1
 
     def sweep(self) -> None:
         """Drops the clients whose frames made no progress within the send timeout."""
