@@ -74,8 +74,16 @@ def test_access_lines_made_without_a_record_read_as_the_formatter_writes_them(
 
 
 @pytest.mark.parametrize(
-    "fmt", ["%(process)d %(message)s", "%(asctime)s %(lineno)d %(message)s", "%(created)f"]
+    "fmt",
+    [
+        "%(process)d %(message)s",
+        "%(asctime)s %(lineno)d %(message)s",
+        "%(created)f",
+        "%(message)s twice: %(message)s",
+        "%(asctime)s without the message",
+    ],
 )
 def test_formats_showing_more_go_through_logging(fmt: str) -> None:
-    """A format with a field a line made without a record cannot fill gets no maker."""
+    """A format with a field a line made without a record cannot fill, or without the
+    message once, gets no maker."""
     assert SecondCachingFormatter(fmt).line_maker("x", "INFO") is None

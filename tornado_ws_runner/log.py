@@ -10,7 +10,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import suppress
 
 __all__ = [
     "TRACE",
@@ -65,10 +64,9 @@ class BatchedStderrHandler(logging.StreamHandler):
 
     def _write_queued(self) -> None:
         lines = self._lines
-        batch: list[str] = []
-        with suppress(IndexError):
-            while True:
-                batch.append(lines.popleft())
+        # Only this method takes from the queue (under the handler's lock), so the
+        # lines counted now are there to take, however many are appended meanwhile.
+        batch = [lines.popleft() for _ in range(len(lines))]
         if batch:
             batch.append("")
             try:
@@ -129,7 +127,11 @@ class SecondCachingFormatter(logging.Formatter):
     ) -> Callable[[str], str] | None:
         """A function making, from a message, the line format() makes of a record of
         logger ``name`` at ``levelname`` created at ``clock()``; None when the format
-        shows more than ``asctime``, ``levelname``, ``name`` and ``message``."""
+        shows more than ``asctime``, ``levelname``, ``name`` and one ``%(message)s``.
+
+        The text around the message is made once per millisecond (the finest part of
+        ``asctime``): lines of one millisecond only join it to their message.
+        """
         fmt = self.fmt
         probe = _FieldProbe()
         try:
@@ -138,9 +140,17 @@ class SecondCachingFormatter(logging.Formatter):
             return None
         if not probe.asked <= {"asctime", "levelname", "name", "message"}:
             return None
-        fields = {"levelname": levelname, "name": name, "asctime": "", "message": ""}
+        head, found, tail = fmt.partition("%(message)s")
+        fields = {"levelname": levelname, "name": name, "asctime": ""}
+        try:  # "%%(message)s" is no field: such a split leaves a lone "%" behind
+            head % fields, tail % fields
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not found or "%(message)s" in tail:
+            return None
         asctime = self._asctime if "asctime" in probe.asked else None
-        shown = [-1]  # the millisecond whose asctime is in fields: lines of one share it
+        shown = [-1]  # the millisecond whose asctime is in ``around``
+        around = [head % fields, tail % fields]
 
         def make(message: str) -> str:
             if asctime is not None:
@@ -150,8 +160,8 @@ class SecondCachingFormatter(logging.Formatter):
                 if second * 1000 + msecs != shown[0]:
                     shown[0] = second * 1000 + msecs
                     fields["asctime"] = asctime(second, msecs)
-            fields["message"] = message
-            return fmt % fields
+                    around[:] = head % fields, tail % fields
+            return around[0] + message + around[1]
 
         return make
 
