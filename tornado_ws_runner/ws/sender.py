@@ -224,10 +224,7 @@ class Sender:
         except WebSocketClosedError:
             raise ConnectionGone() from None
         size = len(data)
-        if not self.pending_bytes:  # as _count does, without a call per frame
-            self.last_progress = time.monotonic()
-            self.watch.sending.add(self)
-        self.pending_bytes += size
+        self._count(size)
         written.add_done_callback(partial(self._flushed, size))
         return written
 
@@ -267,9 +264,7 @@ class Sender:
         if written is not None and not written.cancelled() and written.exception() is None:
             watch.frames_out += 1
             watch.bytes_out += size
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        self._wake()
 
     def _wake(self) -> None:
         if self._drained is not None and not self._drained.done():
