@@ -22,7 +22,7 @@ Replies under load are written together. Each write to a socket can wake the rea
 the other end, and replies written one by one, each after its own message's work, wake
 it once per reply. So when the loop's previous turn wrote more than one reply, the
 replies of this turn are held (their bytes already count against the bound) and written
-back to back at the start of the next one, in order; a lone reply, as one client's
+back to back at its end, in order; a lone reply, as one client's
 round trip makes, is written at once. A connection's held replies are written before
 any other frame of it and before its close.
 
