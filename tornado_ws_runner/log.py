@@ -141,16 +141,15 @@ class SecondCachingFormatter(logging.Formatter):
         if not probe.asked <= {"asctime", "levelname", "name", "message"}:
             return None
         head, found, tail = fmt.partition("%(message)s")
+        if not found or "%(message)s" in tail:
+            return None
         fields = {"levelname": levelname, "name": name, "asctime": ""}
         try:  # "%%(message)s" is no field: such a split leaves a lone "%" behind
-            head % fields, tail % fields
+            around = [head % fields, tail % fields]
         except (KeyError, TypeError, ValueError):
-            return None
-        if not found or "%(message)s" in tail:
             return None
         asctime = self._asctime if "asctime" in probe.asked else None
         shown = [-1]  # the millisecond whose asctime is in ``around``
-        around = [head % fields, tail % fields]
 
         def make(message: str) -> str:
             if asctime is not None:

@@ -142,7 +142,7 @@ class Route:
                     )
 
 
-def _plain(route: Route | None) -> bool:
+def _all_plain(route: Route | None) -> bool:
     return route is None or not any(policy.is_async for policy in route.policies)
 
 
@@ -229,9 +229,9 @@ class Service:
         self._traced = any(route.trace for route in routes.values())
         # The events whose every step is a plain function (runs_plain).
         hooks = [routes.get(name) for name in ("on_before_request", "on_success", "on_error")]
-        plain_hooks = all(_plain(route) for route in [*hooks, self._after])
-        self._plain = {name for name, route in routes.items() if plain_hooks and _plain(route)}
-        self._plain_unrouted = plain_hooks and _plain(self._catchall)
+        plain_hooks = all(_all_plain(route) for route in [*hooks, self._after])
+        self._plain = {name for name, route in routes.items() if plain_hooks and _all_plain(route)}
+        self._plain_unrouted = plain_hooks and _all_plain(self._catchall)
         self._first_lock: asyncio.Lock | None = None
         #: on_start and on_first_request have succeeded: process() goes straight on.
         self._warm = False

@@ -2,11 +2,12 @@
 
 Tornado reads the frames and calls ``on_message``; each message runs as a task of its
 own, or, when the runner is not under load and its chain is all plain functions, at
-once (``_start``). Backpressure is explicit at both ends. Reading: when ``limits.max_in_flight``
-messages of a connection are running, ``on_message`` returns an awaitable, and Tornado
-reads no further frame of that client until it resolves, so a client that floods waits
-in its own TCP window. Writing: every frame goes through the connection's send path
-(sender.py), which awaits the Future of Tornado's ``write_message``.
+once (``_start``). Backpressure is explicit at both ends. Reading: when
+``limits.max_in_flight`` messages of a connection are running, ``on_message`` returns
+an awaitable, and Tornado reads no further frame of that client until it resolves, so
+a client that floods waits in its own TCP window. Writing: every frame goes through the
+connection's send path (sender.py), which awaits the Future of Tornado's
+``write_message``.
 """
 
 from __future__ import annotations
