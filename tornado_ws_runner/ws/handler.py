@@ -258,8 +258,8 @@ class ClientHandler(tornado.websocket.WebSocketHandler):
             # now could be cut by the 1001 close with its reply lost. Not taken up, the
             # message goes unanswered and the 1001 tells the client so.
             return
-        conn.in_flight += 1
         request, message_id = codec.parse_message(message, conn.headers)
+        conn.in_flight += 1  # _handle gives it back, however it ends
         handling = self._handle(conn, request, message_id)
         if state.watch.holding or not (
             isinstance(request, ErrorResponse) or state.service.runs_plain(request.name)
